@@ -1,0 +1,119 @@
+"""Which modules gradvet taps, and what each one is.
+
+A *layer* is a module that owns parameters directly (Linear, ConvNd, norms,
+Embedding, RNN/LSTM/GRU, MultiheadAttention, a custom module with its own
+``nn.Parameter``), or a registered activation module. Containers are not layers.
+Layers are ordered input side first by the order their forward first ran
+(``named_modules()`` order for layers that never ran).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch import nn
+
+from gradvet.stats._activations import ActivationKind, activation_kind
+
+# Outputs of these layer types are channel-first: units are indexed by dim 1.
+_CHANNEL_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+)
+
+
+@dataclass
+class LayerInfo:
+    """Static description of one tapped module.
+
+    Attributes:
+        name: module name as ``model.named_modules()`` gives it ("" is the root).
+        type: class name.
+        role: ``"param"``, ``"activation"`` or ``"recurrent"``.
+        activation: activation kind name ("" for plain layers); for a parameter layer
+            followed by a functional activation, that activation's name once seen.
+        params: indices into the monitor's parameter list owned by this layer.
+        order: execution order (input side first), -1 until the layer has run.
+    """
+
+    name: str
+    type: str
+    role: str
+    activation: str = ""
+    params: list[int] = field(default_factory=list)
+    order: int = -1
+    channel_first: bool = False
+    time_dim: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "role": self.role,
+            "activation": self.activation,
+            "params": list(self.params),
+            "order": self.order,
+        }
+
+
+def discover_layers(
+    model: nn.Module, param_index: dict[int, int]
+) -> tuple[list[LayerInfo], list[nn.Module], list[Optional[ActivationKind]]]:
+    """Find the layers of ``model``.
+
+    Args:
+        model: the model.
+        param_index: ``id(parameter) -> index`` of the monitored parameters.
+
+    Returns:
+        ``(infos, modules, kinds)`` aligned lists.
+    """
+    infos: list[LayerInfo] = []
+    modules: list[nn.Module] = []
+    kinds: list[Optional[ActivationKind]] = []
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        own = [p for p in mod.parameters(recurse=False)]
+        kind = activation_kind(mod)
+        if not own and kind is None:
+            continue
+        idx = []
+        for p in own:
+            i = param_index.get(id(p))
+            if i is not None and i not in seen:
+                seen.add(i)
+                idx.append(i)
+        if isinstance(mod, nn.RNNBase):
+            role = "recurrent"
+        elif kind is not None and not own:
+            role = "activation"
+        else:
+            role = "param"
+        info = LayerInfo(
+            name=name,
+            type=type(mod).__name__,
+            role=role,
+            activation=kind.name if kind is not None else "",
+            params=idx,
+            channel_first=isinstance(mod, _CHANNEL_FIRST),
+        )
+        if isinstance(mod, nn.RNNBase):
+            info.time_dim = 1 if mod.batch_first else 0
+        infos.append(info)
+        modules.append(mod)
+        kinds.append(kind)
+    return infos, modules, kinds
+
+
+def owner_names(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
+    """Name of the module that owns each parameter directly (first owner if tied)."""
+    owner: dict[int, str] = {}
+    for name, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            owner.setdefault(id(p), name)
+    return [owner.get(id(p), "") for p in params]

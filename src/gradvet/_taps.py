@@ -1,0 +1,262 @@
+"""Layer taps: forward hooks plus tensor hooks that collect per-layer signals.
+
+Hook points, chosen deliberately (see STYLE.md, item 15):
+
+- a **forward hook** on each layer reads the output (activation statistics) and
+  registers a **tensor hook** on it that receives dL/d output during backward.
+  Unlike ``register_full_backward_hook`` this works with in-place activations
+  (pytorch#61519) and costs nothing on steps that are not measured: a tensor
+  hook registered before an in-place op sees the gradient of the value it was
+  registered on.
+- a **forward pre-hook** on RNN/LSTM/GRU layers hooks the input sequence, so the
+  gradient reaching each time step is seen (vanishing/exploding through time,
+  Bengio et al. 1994; Pascanu et al. 2013). If the input does not require grad
+  it is replaced by a detached copy that does: the same values, a leaf of its own.
+- while a measured forward runs, a ``TorchFunctionMode`` notices activations
+  applied *functionally* (``torch.sigmoid(self.fc(x))``) to a layer's output
+  and attributes their saturation and dead units to that layer.
+
+Hooks only collect sums into device tensors; nothing here syncs with the host.
+Any error inside a hook disables the taps with one warning: measuring must never
+cost the user's training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import partial
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from gradvet._hooks import HookSet
+from gradvet._layers import LayerInfo
+from gradvet.stats._activations import FUNCTIONAL, ActivationKind
+from gradvet.stats._layer import N_ACC, derive_layer_stats, grad_stats, output_stats, time_stats
+
+log = logging.getLogger(__name__)
+
+
+def first_tensor(out: Any) -> Optional[Tensor]:
+    """The first floating tensor in a module output (tuple outputs of RNN/MHA included)."""
+    if isinstance(out, Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(out, dict):
+        for o in out.values():
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+class _FunctionalActivations(TorchFunctionMode):
+    """Attributes functional activations to the layer whose output they consume."""
+
+    def __init__(self, taps: LayerTaps) -> None:
+        super().__init__()
+        self.taps = taps
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        kind = FUNCTIONAL.get(func)
+        if kind is not None and self.taps.in_activation_module == 0 and args:
+            self.taps.functional_activation(args[0], kind, out)
+        return out
+
+
+class LayerTaps:
+    """Collects per-layer statistics on the steps it is told to measure."""
+
+    def __init__(
+        self,
+        infos: list[LayerInfo],
+        modules: list[nn.Module],
+        kinds: list[Optional[ActivationKind]],
+        saturation_threshold: float,
+        time_profile: bool = True,
+    ) -> None:
+        self.infos, self.modules, self.kinds = infos, modules, kinds
+        self.threshold = saturation_threshold
+        self.time_profile = time_profile
+        self.active = False
+        self.failed = False
+        self.in_activation_module = 0
+        self.device: Optional[torch.device] = None
+        self._next_order = 0
+        self._acc: list[Optional[Tensor]] = [None] * len(infos)
+        self._alive: list[Optional[Tensor]] = [None] * len(infos)
+        self._time: dict[int, Tensor] = {}
+        self._producer: dict[int, tuple[int, Tensor]] = {}
+        self._mode: Optional[_FunctionalActivations] = None
+
+    # -- wiring -------------------------------------------------------------------------
+    def attach(self, root: nn.Module, hooks: HookSet) -> None:
+        """Register every hook on ``root`` and its layers into ``hooks``."""
+        hooks.add(root.register_forward_pre_hook(self._root_pre))
+        hooks.add(root.register_forward_hook(self._root_post, always_call=True))
+        for i, (info, mod) in enumerate(zip(self.infos, self.modules)):
+            if info.role == "activation":
+                hooks.add(mod.register_forward_pre_hook(self._act_pre))
+            if info.time_dim is not None:
+                hooks.add(mod.register_forward_pre_hook(partial(self._rnn_pre, i)))
+            hooks.add(mod.register_forward_hook(partial(self._forward, i), always_call=True))
+
+    def _root_pre(self, module: nn.Module, args: Any) -> None:
+        if self.active and not self.failed and self._mode is None:
+            self._mode = _FunctionalActivations(self)
+            self._mode.__enter__()
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._mode is not None:
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)
+        self._producer.clear()
+        self.in_activation_module = 0
+
+    def _act_pre(self, module: nn.Module, args: Any) -> None:
+        if self.active:
+            self.in_activation_module += 1
+
+    # -- collection ---------------------------------------------------------------------
+    def _add(self, i: int, sl: slice, value: Tensor) -> None:
+        if self.device is None:
+            self.device = value.device
+        acc = self._acc[i]
+        if acc is None:
+            acc = torch.zeros(N_ACC, dtype=torch.float64, device=self.device)
+        upd = torch.zeros_like(acc)
+        upd[sl] = value.to(self.device)
+        self._acc[i] = acc + upd
+
+    def _add_alive(self, i: int, alive: Tensor) -> None:
+        prev = self._alive[i]
+        self._alive[i] = alive if prev is None or prev.shape != alive.shape else prev | alive
+
+    def _forward(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
+        if not self.active or self.failed:
+            return
+        info = self.infos[i]
+        if info.role == "activation":
+            self.in_activation_module = max(0, self.in_activation_module - 1)
+        try:
+            y = first_tensor(output)
+            if y is None:
+                return
+            if info.order < 0:
+                info.order, self._next_order = self._next_order, self._next_order + 1
+            acc, alive = output_stats(y, self.kinds[i], self.threshold, self._unit_dim(i, args, y))
+            self._add(i, slice(3, 8), acc)
+            if alive is not None:
+                self._add_alive(i, alive)
+            self._producer[id(y)] = (i, y)
+            if y.requires_grad:
+                y.register_hook(partial(self._on_grad, i))
+        except Exception as e:  # never let measuring break training
+            self._fail(e)
+
+    def _unit_dim(self, i: int, args: Any, y: Tensor) -> int:
+        info = self.infos[i]
+        if info.role == "activation" and args and isinstance(args[0], Tensor):
+            rec = self._producer.get(id(args[0]))
+            if rec is not None:
+                return 1 if self.infos[rec[0]].channel_first else -1
+            return 1 if y.dim() >= 4 else -1
+        return 1 if info.channel_first else -1
+
+    def _on_grad(self, i: int, g: Tensor) -> None:
+        if self.failed:
+            return
+        try:
+            self._add(i, slice(0, 3), grad_stats(g))
+        except Exception as e:
+            self._fail(e)
+
+    def functional_activation(self, x: Any, kind: ActivationKind, out: Any) -> None:
+        """Attribute ``out = kind(x)`` to the layer that produced ``x``."""
+        if not isinstance(x, Tensor) or not isinstance(out, Tensor):
+            return
+        rec = self._producer.get(id(x))
+        if rec is None or rec[1] is not x or self.infos[rec[0]].role != "param":
+            return
+        i = rec[0]
+        try:
+            if not self.infos[i].activation:
+                self.infos[i].activation = kind.name
+            unit_dim = 1 if self.infos[i].channel_first else -1
+            acc, alive = output_stats(out, kind, self.threshold, unit_dim)
+            sat = torch.zeros(5, dtype=torch.float64, device=acc.device)
+            sat[3] = acc[3]
+            self._add(i, slice(3, 8), sat)
+            if alive is not None:
+                self._add_alive(i, alive)
+        except Exception as e:
+            self._fail(e)
+
+    def _rnn_pre(self, i: int, module: nn.Module, args: Any) -> Any:
+        if not (self.active and self.time_profile) or self.failed or not args:
+            return None
+        x = args[0]
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return None  # PackedSequence inputs: no per-time-step profile
+        tdim = 0 if x.dim() == 2 else self.infos[i].time_dim or 0
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+            args = (x, *args[1:])
+        else:
+            args = None
+        x.register_hook(partial(self._on_time_grad, i, tdim))
+        return args
+
+    def _on_time_grad(self, i: int, tdim: int, g: Tensor) -> None:
+        if self.failed:
+            return
+        try:
+            sq = time_stats(g, tdim)
+            prev = self._time.get(i)
+            if prev is not None and prev.shape != sq.shape:
+                n = max(prev.numel(), sq.numel())
+                prev = torch.nn.functional.pad(prev, (0, n - prev.numel()))
+                sq = torch.nn.functional.pad(sq, (0, n - sq.numel()))
+            self._time[i] = sq if prev is None else prev + sq.to(prev.device)
+        except Exception as e:
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.failed = True
+        warnings.warn(
+            f"gradvet: per-layer taps disabled after an internal error ({type(e).__name__}: {e}); "
+            "training continues and per-parameter statistics are still recorded.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        log.exception("gradvet layer tap failed")
+
+    # -- per step -----------------------------------------------------------------------
+    def collect(self, inv_scale: Optional[Tensor] = None) -> tuple[Tensor, dict[int, Tensor]]:
+        """Return ``([L, 8] stats, {layer: [T] grad norm per time step})`` and reset."""
+        dev = self.device or torch.device("cpu")
+        zeros = torch.zeros(N_ACC, dtype=torch.float64, device=dev)
+        acc = torch.stack([a.to(dev) if a is not None else zeros for a in self._acc]) if self._acc else zeros[None, :0]
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        dead = [
+            (1.0 - a.double().mean()).to(dev) if a is not None and a.numel() else zero
+            for a in self._alive
+        ]
+        stats = derive_layer_stats(acc, torch.stack(dead) if dead else zero[None, :0])
+        times = {i: t.sqrt().float() for i, t in self._time.items()}
+        if inv_scale is not None:
+            inv = inv_scale.to(dev, torch.float32)
+            stats[:, 0:2] = stats[:, 0:2] * inv
+            times = {i: t * inv.to(t.device) for i, t in times.items()}
+        self._acc = [None] * len(self.infos)
+        self._alive = [None] * len(self.infos)
+        self._time = {}
+        return stats, times

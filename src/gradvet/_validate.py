@@ -1,0 +1,69 @@
+"""Input validation shared by Monitor and check: one clear message per mistake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def require_module(model: Any, who: str) -> nn.Module:
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise TypeError(
+            f"{who} received the class {model.__name__} instead of a model; instantiate it first: "
+            f"{who}({model.__name__}(...), ...)"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{who} needs a torch.nn.Module, got {type(model).__name__}; wrap your function in an nn.Module"
+        )
+    return model
+
+
+def trainable_parameters(model: nn.Module, who: str) -> tuple[list[str], list[nn.Parameter], list[str]]:
+    """``(names, params, frozen_names)``; tied parameters appear once."""
+    names, params, frozen = [], [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            names.append(n)
+            params.append(p)
+        else:
+            frozen.append(n)
+    if not params and not frozen:
+        raise ValueError(
+            f"{who}: the model {type(model).__name__} has no parameters, so there are no gradients to "
+            "measure; pass the model that owns the weights"
+        )
+    if not params:
+        raise ValueError(
+            f"{who}: every parameter of {type(model).__name__} has requires_grad=False; unfreeze the "
+            "layers you train (p.requires_grad_(True)) before monitoring"
+        )
+    return names, params, frozen
+
+
+def scalar_loss(loss: Any, who: str) -> torch.Tensor | None:
+    """Validate a loss; returns a detached float32 0-d tensor (or None)."""
+    if loss is None:
+        return None
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return torch.tensor(float(loss))
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{who}: loss must be a scalar tensor or a float, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"{who}: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; reduce it first, "
+            "e.g. loss.mean() or a loss_fn with reduction='mean'"
+        )
+    return loss.detach().float().reshape(())
+
+
+def split_batch(batch: Any, who: str) -> tuple[Any, Any]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        raise TypeError(
+            f"{who}: batch must be a pair (inputs, targets) so that loss = loss_fn(model(inputs), targets); "
+            f"got {got}"
+        )
+    return batch[0], batch[1]

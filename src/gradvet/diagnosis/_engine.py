@@ -1,0 +1,40 @@
+"""Rule registry and the ``diagnose`` entry point."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from gradvet.findings import SEVERITIES, Finding
+from gradvet.record._run import Run
+
+log = logging.getLogger(__name__)
+
+Rule = Callable[[Run], list[Finding]]
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(name: str) -> Callable[[Rule], Rule]:
+    """Decorator adding a rule ``run -> list[Finding]`` to the registry."""
+
+    def deco(fn: Rule) -> Rule:
+        RULES[name] = fn
+        return fn
+
+    return deco
+
+
+def diagnose(run: Run) -> list[Finding]:
+    """Run every rule; findings sorted most severe first.
+
+    A rule that fails is logged and skipped: a bug in one rule must not hide the others.
+    """
+    from gradvet.diagnosis import _rules  # noqa: F401  (registers the rules)
+
+    findings: list[Finding] = []
+    for name, rule in RULES.items():
+        try:
+            findings.extend(rule(run))
+        except Exception:
+            log.exception("gradvet: diagnosis rule %s failed", name)
+    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))

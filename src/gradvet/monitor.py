@@ -1,0 +1,387 @@
+"""The Monitor: measures gradient health during training, at low overhead.
+
+Per optimizer step (``monitor.step(loss)``, after backward, before ``opt.step``):
+per-parameter gradient norm, max |g|, non-finite count and parameter norm, from
+``p.grad`` read once, with fused ``torch._foreach_norm`` kernels, kept on the
+device. On a schedule (``layer_every``): per-layer taps (see :mod:`gradvet._taps`).
+On another (``update_every``): update/weight ratios from optimizer step hooks.
+Device buffers move to the host every ``flush_every`` steps: that is the only
+host-device sync gradvet adds to a step.
+
+Example:
+    >>> import torch, gradvet
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with gradvet.Monitor(model, optimizer=opt, profile="full") as monitor:
+    ...     for _ in range(3):
+    ...         opt.zero_grad()
+    ...         loss = model(torch.randn(16, 4)).pow(2).mean()
+    ...         loss.backward()
+    ...         monitor.step(loss)
+    ...         opt.step()
+    >>> monitor.run.series("param/grad_norm").values.shape
+    (3, 4)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+import warnings
+from types import TracebackType
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradvet._hooks import HookSet
+from gradvet._layers import discover_layers, owner_names
+from gradvet._taps import LayerTaps
+from gradvet._validate import require_module, scalar_loss, trainable_parameters
+from gradvet._version import __version__
+from gradvet.config import MonitorConfig, ProfileLike, resolve_profile
+from gradvet.errors import GradvetUsageError
+from gradvet.record import RecordWriter, Run, load
+from gradvet.stats._layer import LAYER_STATS
+from gradvet.stats._params import PARAM_STATS, param_stats
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Monitor:
+    """Measure gradient health of ``model`` while it trains.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        optimizer: optional; enables update/weight ratios (step hooks) and tells an
+            AMP ``scaler`` whether gradients were already unscaled.
+        scaler: optional ``torch.amp.GradScaler``; gradients are then measured in true
+            units and steps the scaler skips are recorded as skipped.
+        record: optional path of the on-disk record (SQLite); without it the run is
+            kept in memory (``monitor.run``).
+        profile: ``"economy"`` (default), ``"business"``, ``"full"`` or a
+            :class:`gradvet.MonitorConfig`.
+        **overrides: fields of :class:`gradvet.MonitorConfig` to change, e.g.
+            ``layer_every=10``.
+
+    Raises:
+        TypeError: ``model`` is not a module, or ``optimizer``/``scaler`` have the wrong type.
+        ValueError: the model has no trainable parameters, or a config value is invalid.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        scaler: Any = None,
+        record: Optional[PathLike] = None,
+        profile: ProfileLike = None,
+        **overrides: Any,
+    ) -> None:
+        self.model = require_module(model, "Monitor")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Monitor(optimizer=...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if scaler is not None and not hasattr(scaler, "get_scale"):
+            raise TypeError(f"Monitor(scaler=...) needs a torch.amp.GradScaler, got {type(scaler).__name__}")
+        self.config: MonitorConfig = resolve_profile(profile)
+        if overrides:
+            self.config = self.config.replace(**overrides)
+        self.optimizer, self.scaler = optimizer, scaler
+        self.param_names, self.parameters, self.frozen = trainable_parameters(model, "Monitor")
+        self._param_index = {id(p): i for i, p in enumerate(self.parameters)}
+        infos, modules, kinds = discover_layers(model, self._param_index)
+        self.layer_infos = infos
+        self._taps = LayerTaps(infos, modules, kinds, self.config.saturation_threshold, self.config.time_profile)
+        self.record_path = record
+        self.run: Optional[Run] = None if record is not None else Run()
+        self._writer: Optional[RecordWriter] = None
+        self._hooks = HookSet()
+        self._entered = False
+        self._step = 0
+        self._buf: dict[str, list] = {}
+        self._last_flush = time.monotonic()
+        self._last_stats: Optional[Tensor] = None
+        self._update_step: Optional[int] = None
+        self._before: Optional[list[Tensor]] = None
+        self._meta = self._static_meta()
+
+    # -- context --------------------------------------------------------------------
+    def __enter__(self) -> Monitor:
+        if self._entered:
+            raise GradvetUsageError("this Monitor is already active; use one `with monitor:` block at a time")
+        if self.record_path is not None and self._writer is None:
+            self._writer = RecordWriter(self.record_path)
+            self._writer.meta(**self._meta)
+        elif self.run is not None:
+            self.run.meta.update(self._meta)
+        self._taps.attach(self.model, self._hooks)
+        if self.optimizer is not None:
+            self._hooks.add(self.optimizer.register_step_pre_hook(self._opt_pre))
+            self._hooks.add(self.optimizer.register_step_post_hook(self._opt_post))
+        self._taps.active = self._step % self.config.layer_every == 0
+        self._entered = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close(error=exc)
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """Flush, remove every hook, finish the record. Idempotent."""
+        if not self._entered:
+            return
+        self._entered = False
+        self._hooks.remove()
+        self._taps.active = False
+        try:
+            self._flush()
+        except Exception as e:  # never mask the user's own exception
+            log.exception("gradvet: final flush failed: %s", e)
+        status = "finished" if error is None else f"crashed: {type(error).__name__}: {error}"
+        final = {"status": status, "steps": self._step, "finished_at": time.time()}
+        scale = self._scale_tensor()
+        if scale is not None:
+            final["final_loss_scale"] = float(scale)  # sync-ok: once, at the end
+        if self._writer is not None:
+            self._writer.meta(**final)
+            self._writer.close()
+            self._writer = None
+        elif self.run is not None:
+            self.run.meta.update(final)
+
+    # -- measuring ------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Number of optimizer steps measured so far."""
+        return self._step
+
+    @property
+    def last_grad_norms(self) -> list[Tensor]:
+        """Per-parameter gradient L2 norms of the last step (0-d device tensors, true units).
+
+        Aligned with ``monitor.parameters``; gradvet's norm clipper takes them so that
+        clipping costs no second pass over the gradients.
+        """
+        if self._last_stats is None:
+            raise GradvetUsageError("no step measured yet; call monitor.step(loss) after backward first")
+        return list(self._last_stats[:, 0].unbind(0))
+
+    def step(self, loss: Any = None) -> None:
+        """Measure one optimizer step: after ``backward()``, before ``optimizer.step()``.
+
+        Args:
+            loss: the (unscaled) scalar loss of this step, or None.
+
+        Raises:
+            GradvetUsageError: called outside ``with monitor:``.
+            ValueError: ``loss`` is not a scalar.
+        """
+        if not self._entered:
+            raise GradvetUsageError(
+                "monitor.step() was called outside `with monitor:`; put the training loop inside "
+                "the with block (or call monitor.__enter__() first)"
+            )
+        loss_t = scalar_loss(loss, "monitor.step")
+        s = self._step
+        try:
+            self._measure(s, loss_t)
+        except Exception as e:
+            warnings.warn(
+                f"gradvet: measuring step {s} failed ({type(e).__name__}: {e}); the step is not "
+                "recorded, training continues",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            log.exception("gradvet: measuring step %d failed", s)
+        self._step = s + 1
+        self._taps.active = self._step % self.config.layer_every == 0
+        if len(self._buf.get("step", ())) >= self.config.flush_every or (
+            time.monotonic() - self._last_flush > self.config.flush_seconds
+        ):
+            self._flush()
+
+    def _scale_tensor(self) -> Optional[Tensor]:
+        sc = self.scaler
+        if sc is None or not sc.is_enabled():
+            return None
+        return getattr(sc, "_scale", None)
+
+    def _grad_scale(self) -> Optional[Tensor]:
+        """The factor the gradients currently carry (None if already unscaled)."""
+        scale = self._scale_tensor()
+        if scale is None:
+            return None
+        states = getattr(self.scaler, "_per_optimizer_states", {})
+        if self.optimizer is not None and id(self.optimizer) in states:
+            from torch.amp.grad_scaler import OptState
+
+            if states[id(self.optimizer)].get("stage") is OptState.UNSCALED:
+                return None
+        return scale
+
+    def _measure(self, s: int, loss: Optional[Tensor]) -> None:
+        grads = [p.grad for p in self.parameters]
+        dev = self.parameters[0].device
+        gscale = self._grad_scale()
+        layer_step = s % self.config.layer_every == 0
+        stats = param_stats(
+            self.parameters,
+            grads,
+            count_nonfinite=self.config.count_nonfinite or layer_step,
+            grad_scale=gscale,
+            device=dev,
+        )
+        self._last_stats = stats
+        buf = self._buf
+        buf.setdefault("step", []).append(s)
+        nan = torch.full((), float("nan"), device=dev)
+        buf.setdefault("loss", []).append(loss.to(dev) if loss is not None else nan)
+        buf.setdefault("param", []).append(stats)
+        scale = self._scale_tensor()
+        if scale is not None:
+            buf.setdefault("loss_scale", []).append(scale.detach().float().reshape(()).clone())
+        if layer_step:
+            inv = None if gscale is None else 1.0 / gscale.float()
+            lstats, times = self._taps.collect(inv)
+            buf.setdefault("layer_step", []).append(s)
+            buf.setdefault("layer", []).append(lstats)
+            for i, t in times.items():
+                buf.setdefault(f"time:{i}", []).append((s, t))
+        if self.optimizer is not None and s % self.config.update_every == 0:
+            self._update_step = s
+
+    # -- update/weight ratios through optimizer step hooks ----------------------------
+    def _opt_params(self) -> list[tuple[int, Tensor]]:
+        if self.optimizer is None:
+            return []
+        ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        return [(i, p) for i, p in enumerate(self.parameters) if id(p) in ids]
+
+    def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._update_step is None or not self._entered:
+            return
+        try:
+            self._before = [p.detach().clone() for _, p in self._opt_params()]
+        except Exception as e:
+            self._before = None
+            log.warning("gradvet: update snapshot failed: %s", e)
+
+    def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        s, before = self._update_step, self._before
+        self._update_step, self._before = None, None
+        if s is None or before is None:
+            return
+        try:
+            pairs = self._opt_params()
+            now = [p.detach() for _, p in pairs]
+            deltas = torch._foreach_sub(now, before)
+            dn = torch.stack([d.float() for d in torch._foreach_norm(deltas, 2.0)])
+            wn = torch.stack([w.float() for w in torch._foreach_norm(before, 2.0)])
+            dev = self.parameters[0].device
+            ratio = torch.full((len(self.parameters),), float("nan"), device=dev)
+            idx = torch.tensor([i for i, _ in pairs], device=dev)
+            ratio[idx] = (dn / wn).to(dev)
+            self._buf.setdefault("update_step", []).append(s)
+            self._buf.setdefault("update", []).append(ratio)
+        except Exception as e:
+            log.warning("gradvet: update ratio failed: %s", e)
+
+    # -- flushing -------------------------------------------------------------------
+    def _static_meta(self) -> dict[str, Any]:
+        return {
+            "gradvet_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "model": type(self.model).__name__,
+            "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else None,
+            "amp": self.scaler is not None,
+            "config": {k: getattr(self.config, k) for k in self.config.__dataclass_fields__},
+            "frozen": self.frozen,
+            "started_at": time.time(),
+            "status": "running",
+            "pid": os.getpid(),
+        }
+
+    def _tables(self) -> tuple[list[dict], list[dict]]:
+        owners = owner_names(self.model, self.parameters)
+        params = [
+            {
+                "name": n,
+                "layer": owners[i],
+                "shape": list(p.shape),
+                "numel": p.numel(),
+                "sparse_grad": bool(p.grad is not None and p.grad.is_sparse),
+            }
+            for i, (n, p) in enumerate(zip(self.param_names, self.parameters))
+        ]
+        return params, [info.to_dict() for info in self.layer_infos]
+
+    def _flush(self) -> None:
+        """Move buffered device tensors to the host and hand them to the store."""
+        buf, self._buf = self._buf, {}
+        self._last_flush = time.monotonic()
+        if not buf.get("step") and not buf.get("update"):
+            return
+        blocks: list[tuple[str, np.ndarray, np.ndarray]] = []
+        # note: the .cpu() calls below are gradvet's one deliberate CPU-GPU sync point.
+        if buf.get("step"):
+            steps = np.asarray(buf["step"], dtype=np.int64)
+            blocks.append(("loss", steps, torch.stack(buf["loss"]).cpu().numpy()))
+            pstats = torch.stack(buf["param"]).cpu().numpy()  # [n, P, 4]
+            for j, name in enumerate(PARAM_STATS):
+                blocks.append((f"param/{name}", steps, pstats[:, :, j]))
+            if buf.get("loss_scale"):
+                blocks.append(("loss_scale", steps, torch.stack(buf["loss_scale"]).cpu().numpy()))
+        if buf.get("layer"):
+            lsteps = np.asarray(buf["layer_step"], dtype=np.int64)
+            lstats = torch.stack(buf["layer"]).cpu().numpy()  # [k, L, 8]
+            for j, name in enumerate(LAYER_STATS):
+                blocks.append((f"layer/{name}", lsteps, lstats[:, :, j]))
+        for key in [k for k in buf if k.startswith("time:")]:
+            i = int(key.split(":", 1)[1])
+            rows = buf[key]
+            width = max(t.numel() for _, t in rows)
+            arr = np.full((len(rows), width), np.nan, dtype=np.float32)
+            for r, (_, t) in enumerate(rows):
+                arr[r, : t.numel()] = t.cpu().numpy()
+            blocks.append((f"time/{self.layer_infos[i].name}", np.asarray([s for s, _ in rows]), arr))
+        if buf.get("update"):
+            blocks.append(
+                ("param/update_ratio", np.asarray(buf["update_step"]), torch.stack(buf["update"]).cpu().numpy())
+            )
+        params, layers = self._tables()
+        if self._writer is not None:
+            self._writer.tables(params, layers)
+            self._writer.blocks(blocks)
+        elif self.run is not None:
+            self.run.params, self.run.layers = params, layers
+            for metric, steps_, values in blocks:
+                self.run.add(metric, steps_, values)
+
+    # -- results --------------------------------------------------------------------
+    def load(self) -> Run:
+        """The run so far: flushes, then returns the in-memory run or reads the record."""
+        if self._entered:
+            self._flush()
+        if self.run is not None:
+            return self.run
+        if self._writer is not None:
+            self._writer.flush()
+        return load(self.record_path)  # type: ignore[arg-type]
+
+    def report(self) -> Any:
+        """Diagnose the run so far and return a :class:`gradvet.Report`."""
+        from gradvet.report import build_report
+
+        return build_report(self.load())

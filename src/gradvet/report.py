@@ -1,0 +1,192 @@
+"""The Report: per-layer measurements and the findings drawn from them.
+
+Built from a :class:`gradvet.record.Run` only (compute, store, present), so a
+report can be rebuilt offline from a record file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from gradvet.findings import Finding
+from gradvet.record._run import Run
+
+
+def _f(x: Any) -> Optional[float]:
+    """A JSON-friendly float (None for NaN/absent)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+@dataclass
+class LayerReport:
+    """Measurements of one layer, from the last recorded step that has them.
+
+    Attributes:
+        name: module name (``model.named_modules()``).
+        type: module class name.
+        role: ``"param"``, ``"activation"`` or ``"recurrent"``.
+        activation: activation kind applied by or after this layer ("" if none seen).
+        grad_norm: L2 norm of the gradients of the layer's own parameters.
+        param_norm: L2 norm of the layer's own parameters.
+        signal_norm: ||dL/d output|| over the batch.
+        signal_rms: ||dL/d output|| / sqrt(numel), the per-element gradient signal.
+        update_ratio: ||dW|| / ||W|| of the last measured update.
+        act_mean, act_std: output statistics.
+        sat_frac: fraction of saturated outputs.
+        dead_frac: fraction of dead units (ReLU family).
+        time_profile: ||dL/d x_t|| per input time step (recurrent layers).
+    """
+
+    name: str
+    type: str
+    role: str
+    activation: str = ""
+    grad_norm: Optional[float] = None
+    param_norm: Optional[float] = None
+    signal_norm: Optional[float] = None
+    signal_rms: Optional[float] = None
+    update_ratio: Optional[float] = None
+    act_mean: Optional[float] = None
+    act_std: Optional[float] = None
+    sat_frac: Optional[float] = None
+    dead_frac: Optional[float] = None
+    time_profile: Optional[list[float]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    """What gradvet found.
+
+    Attributes:
+        findings: diagnosed problems, most severe first.
+        layers: per-layer measurements, input side first.
+        steps: number of optimizer steps measured.
+        meta: run metadata.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+    steps: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    loss: Optional[float] = None
+
+    @property
+    def healthy(self) -> bool:
+        """True when no finding is a warning or an error."""
+        return not any(f.severity in ("warning", "error") for f in self.findings)
+
+    def kinds(self) -> list[str]:
+        """Kinds of the warning/error findings."""
+        return [f.kind for f in self.findings if f.severity != "info"]
+
+    def finding(self, kind: str) -> Optional[Finding]:
+        """The first finding of ``kind``, or None."""
+        return next((f for f in self.findings if f.kind == kind), None)
+
+    def layer(self, name: str) -> LayerReport:
+        """The layer called ``name``.
+
+        Raises:
+            KeyError: no such layer (the message lists the layers).
+        """
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers: {[x.name for x in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "healthy": self.healthy,
+            "steps": self.steps,
+            "loss": self.loss,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": [layer.to_dict() for layer in self.layers],
+            "meta": self.meta,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), default=str, **kwargs)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from gradvet._render import render_report
+
+        yield from render_report(self)
+
+    def __str__(self) -> str:
+        from gradvet._render import report_to_text
+
+        return report_to_text(self)
+
+
+def _last_row(run: Run, metric: str) -> Optional[np.ndarray]:
+    s = run.get(metric)
+    if s is None or len(s.steps) == 0:
+        return None
+    return s.values[-1]
+
+
+def _layer_param_norm(row: Optional[np.ndarray], idx: list[int]) -> Optional[float]:
+    if row is None or not idx:
+        return None
+    vals = row[idx].astype(np.float64)
+    if np.all(np.isnan(vals)):
+        return None
+    return float(np.sqrt(np.nansum(vals**2)))
+
+
+def layer_reports(run: Run) -> list[LayerReport]:
+    """Per-layer summaries (last recorded values), input side first."""
+    gn = _last_row(run, "param/grad_norm")
+    pn = _last_row(run, "param/param_norm")
+    lrow = {name: _last_row(run, f"layer/{name}") for name in
+            ("grad_norm", "grad_rms", "act_mean", "act_std", "sat_frac", "dead_frac")}
+    upd = run.get("param/update_ratio")
+    out = []
+    for layer in run.ordered_layers():
+        i, idx = layer["index"], layer.get("params", [])
+        rep = LayerReport(layer["name"], layer["type"], layer["role"], layer.get("activation", ""))
+        rep.grad_norm = _layer_param_norm(gn, idx)
+        rep.param_norm = _layer_param_norm(pn, idx)
+        for attr, key in (("signal_norm", "grad_norm"), ("signal_rms", "grad_rms"), ("act_mean", "act_mean"),
+                          ("act_std", "act_std"), ("sat_frac", "sat_frac"), ("dead_frac", "dead_frac")):
+            row = lrow[key]
+            if row is not None and i < len(row):
+                setattr(rep, attr, _f(row[i]))
+        if upd is not None and idx and pn is not None:
+            r = upd.values[-1][idx].astype(np.float64)
+            w = pn[idx].astype(np.float64)
+            ok = ~np.isnan(r)
+            if ok.any():
+                rep.update_ratio = float(np.sqrt(np.sum((r[ok] * w[ok]) ** 2)) / max(np.sqrt(np.sum(w[ok] ** 2)), 1e-30))
+        t = run.get(f"time/{layer['name']}")
+        if t is not None and len(t.steps):
+            row = t.values[-1]
+            rep.time_profile = [float(v) for v in row[~np.isnan(row)]]
+        out.append(rep)
+    return out
+
+
+def build_report(run: Run) -> Report:
+    """Diagnose ``run`` and assemble the :class:`Report`."""
+    from gradvet.diagnosis import diagnose
+
+    loss = run.loss
+    return Report(
+        findings=diagnose(run),
+        layers=layer_reports(run),
+        steps=len(run.steps),
+        meta=dict(run.meta),
+        loss=_f(loss[-1]) if len(loss) else None,
+    )

@@ -1,0 +1,97 @@
+"""Per-parameter gradient statistics, computed on the device without a host sync.
+
+One row per trainable parameter: gradient L2 norm, max |g|, count of non-finite
+gradient entries, parameter L2 norm. Dense gradients are grouped by (device,
+dtype) and reduced with the fused ``torch._foreach_norm`` kernels, as
+``torch.nn.utils.get_total_norm`` does; sparse gradients (``nn.Embedding(sparse=True)``)
+are reduced over their stored values. A parameter without a gradient (unused this
+step) gets NaN in every gradient column: "no gradient", which is not "zero".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+#: Column names of the tensor returned by :func:`param_stats`.
+PARAM_STATS = ("grad_norm", "grad_max", "grad_nonfinite", "param_norm")
+
+
+def _group(tensors: Sequence[Optional[Tensor]]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        if t is not None and not t.is_sparse:
+            groups[(t.device, t.dtype)].append(i)
+    return groups
+
+
+def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
+    # _foreach_norm exists since torch 1.13; it is the same kernel clip_grad_norm_ uses.
+    return list(torch._foreach_norm(tensors, ord))
+
+
+def param_stats(
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    *,
+    count_nonfinite: bool = True,
+    grad_scale: Optional[Tensor] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """Compute per-parameter statistics as a float32 tensor of shape ``[P, 4]``.
+
+    Args:
+        params: the parameters (for the parameter norm).
+        grads: their gradients, ``None`` where a parameter has none.
+        count_nonfinite: count non-finite gradient entries (one extra pass over each
+            gradient); when False the column is 1.0 where the norm is non-finite and 0
+            otherwise (a lower bound that costs nothing).
+        grad_scale: optional scalar tensor the gradients are multiplied by (an AMP loss
+            scale); gradient columns are divided by it to report true units.
+        device: device of the result (defaults to the first parameter's).
+
+    Returns:
+        Tensor ``[P, 4]`` with columns :data:`PARAM_STATS`; NaN gradient columns for
+        parameters whose gradient is None.
+    """
+    if len(params) != len(grads):
+        raise ValueError(f"params and grads differ in length: {len(params)} vs {len(grads)}")
+    device = device or (params[0].device if params else torch.device("cpu"))
+    n = len(params)
+    cols: list[list[Optional[Tensor]]] = [[None] * n for _ in PARAM_STATS]
+    for (_, _), idx in _group(grads).items():
+        gs = [grads[i] for i in idx]  # type: ignore[misc]
+        l2 = _foreach_norm(gs, 2.0)  # type: ignore[arg-type]
+        mx = _foreach_norm(gs, float("inf"))  # type: ignore[arg-type]
+        for j, i in enumerate(idx):
+            cols[0][i], cols[1][i] = l2[j], mx[j]
+            if count_nonfinite:
+                cols[2][i] = (~torch.isfinite(gs[j])).sum()  # type: ignore[union-attr]
+            else:
+                cols[2][i] = (~torch.isfinite(l2[j])).to(torch.float32)
+    for i, g in enumerate(grads):
+        if g is not None and g.is_sparse:
+            vals = g.coalesce().values()
+            cols[0][i] = torch.linalg.vector_norm(vals.float())
+            cols[1][i] = vals.abs().max() if vals.numel() else vals.new_zeros(())
+            cols[2][i] = (~torch.isfinite(vals)).sum()
+    for (_, _), idx in _group(list(params)).items():
+        pn = _foreach_norm([params[i].detach() for i in idx], 2.0)
+        for j, i in enumerate(idx):
+            cols[3][i] = pn[j]
+    nan = torch.full((), float("nan"), device=device)
+    if n == 0:
+        return torch.empty(0, len(PARAM_STATS), device=device)
+    columns = [
+        torch.stack([(v if v is not None else nan).to(device, torch.float32) for v in col])
+        for col in cols
+    ]
+    out = torch.stack(columns, dim=1)
+    if grad_scale is not None:
+        inv = 1.0 / grad_scale.to(device, torch.float32)
+        out[:, :2] = out[:, :2] * inv
+    return out
