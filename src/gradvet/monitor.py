@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from gradvet._hooks import HookSet
 from gradvet._layers import discover_layers, owner_names
+from gradvet._structure import layer_facts, optimizer_lrs
 from gradvet._taps import LayerTaps
 from gradvet._validate import require_module, scalar_loss, trainable_parameters
 from gradvet._version import __version__
@@ -111,6 +112,7 @@ class Monitor:
         self._update_step: Optional[int] = None
         self._before: Optional[list[Tensor]] = None
         self._meta = self._static_meta()
+        self._facts = [layer_facts(m) for m in modules]
 
     # -- context --------------------------------------------------------------------
     def __enter__(self) -> Monitor:
@@ -315,6 +317,7 @@ class Monitor:
 
     def _tables(self) -> tuple[list[dict], list[dict]]:
         owners = owner_names(self.model, self.parameters)
+        lrs = optimizer_lrs(self.optimizer, self.parameters)
         params = [
             {
                 "name": n,
@@ -322,10 +325,12 @@ class Monitor:
                 "shape": list(p.shape),
                 "numel": p.numel(),
                 "sparse_grad": bool(p.grad is not None and p.grad.is_sparse),
+                "lr": lrs[i],
             }
             for i, (n, p) in enumerate(zip(self.param_names, self.parameters))
         ]
-        return params, [info.to_dict() for info in self.layer_infos]
+        layers = [dict(info.to_dict(), facts=self._facts[i]) for i, info in enumerate(self.layer_infos)]
+        return params, layers
 
     def _flush(self) -> None:
         """Move buffered device tensors to the host and hand them to the store."""

@@ -1,0 +1,90 @@
+"""Structural facts about a model's layers, read once when monitoring starts.
+
+Diagnosis explains findings with them (initialisation scale against fan-in,
+negative biases, recurrent spectral radius, gate biases, learning rates), so a
+record can be diagnosed offline without the model object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+def _weight_facts(w: torch.Tensor, fan_in: int) -> dict[str, float]:
+    w = w.detach().float()
+    std = float(w.std()) if w.numel() > 1 else 0.0  # sync-ok: once, at start
+    return {"weight_std": std, "fan_in": fan_in, "init_gain": std * math.sqrt(max(fan_in, 1))}
+
+
+def _bias_facts(b: Optional[torch.Tensor]) -> dict[str, float]:
+    if b is None or b.numel() == 0:
+        return {}
+    b = b.detach().float()
+    return {"bias_mean": float(b.mean()), "bias_neg_frac": float((b < 0).float().mean())}  # sync-ok
+
+
+def _rnn_facts(m: nn.RNNBase) -> dict[str, Any]:
+    h = m.hidden_size
+    w = m.weight_hh_l0.detach().float().cpu()
+    facts: dict[str, Any] = {"rnn_mode": m.mode, "hidden_size": h}
+    bias = None
+    if m.bias:
+        bias = (m.bias_ih_l0.detach() + m.bias_hh_l0.detach()).float().cpu()
+    if m.mode in ("RNN_TANH", "RNN_RELU"):
+        facts["spectral_radius"] = float(torch.linalg.eigvals(w).abs().max())
+    elif m.mode == "LSTM":
+        # gate order i, f, g, o (PyTorch); the forget gate keeps the cell state.
+        facts["spectral_radius"] = float(torch.linalg.matrix_norm(w[2 * h : 3 * h], ord=2))
+        if bias is not None:
+            facts["forget_gate_bias"] = float(bias[h : 2 * h].mean())
+            facts["forget_gate_open"] = float(torch.sigmoid(bias[h : 2 * h]).mean())
+    elif m.mode == "GRU":
+        # gate order r, z, n; h' = (1 - z) n + z h: z near 1 keeps the memory.
+        facts["spectral_radius"] = float(torch.linalg.matrix_norm(w[2 * h :], ord=2))
+        if bias is not None:
+            facts["update_gate_bias"] = float(bias[h : 2 * h].mean())
+            facts["forget_gate_open"] = float(torch.sigmoid(bias[h : 2 * h]).mean())
+    return facts
+
+
+def layer_facts(module: nn.Module) -> dict[str, Any]:
+    """Facts about one layer (empty for layers without a recognised weight)."""
+    try:
+        if isinstance(module, nn.RNNBase):
+            facts = _rnn_facts(module)
+            facts.update(_weight_facts(module.weight_ih_l0, module.input_size))
+            return facts
+        w = getattr(module, "weight", None)
+        if isinstance(module, (nn.Linear, nn.Bilinear)) and w is not None:
+            facts = _weight_facts(w, w.shape[1])
+        elif isinstance(module, nn.modules.conv._ConvNd) and w is not None:
+            fan_in = w.shape[1] * math.prod(w.shape[2:])
+            if module.transposed:
+                fan_in = w.shape[0] * math.prod(w.shape[2:])
+            facts = _weight_facts(w, fan_in)
+        else:
+            return {}
+        facts.update(_bias_facts(getattr(module, "bias", None)))
+        return facts
+    except Exception:  # facts are explanations, never a reason to fail
+        return {}
+
+
+def optimizer_lrs(optimizer: Optional[torch.optim.Optimizer], params: list[nn.Parameter]) -> list[Optional[float]]:
+    """Learning rate of each monitored parameter (None where the optimizer does not own it)."""
+    out: list[Optional[float]] = [None] * len(params)
+    if optimizer is None:
+        return out
+    index = {id(p): i for i, p in enumerate(params)}
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        lr_f = float(lr) if lr is not None else None  # sync-ok: lr may be a tensor; read at flush
+        for p in group["params"]:
+            i = index.get(id(p))
+            if i is not None:
+                out[i] = lr_f
+    return out

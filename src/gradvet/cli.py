@@ -1,0 +1,213 @@
+"""The ``gradvet`` command line (typer). Every command reads records or factories, never live state."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from gradvet._version import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="gradvet: find out why a PyTorch network will not learn when the cause is in its gradients.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"gradvet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """gradvet command line."""
+
+
+def load_factory(spec: str) -> Any:
+    """Import ``path/to/file.py:factory`` and call it.
+
+    Raises:
+        typer.BadParameter: bad path, missing function, or the factory raised.
+    """
+    if ":" not in spec:
+        raise typer.BadParameter(f"expected path/to/file.py:factory, got {spec!r}")
+    path_s, name = spec.rsplit(":", 1)
+    path = Path(path_s)
+    if not path.is_file():
+        raise typer.BadParameter(f"no such file: {path_s!r}")
+    mod_spec = importlib.util.spec_from_file_location(f"gradvet_user_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise typer.BadParameter(f"cannot import {path_s!r} as a Python file")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:
+        raise typer.BadParameter(f"importing {path_s!r} raised {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.pop(0)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise typer.BadParameter(f"{path_s!r} has no function {name!r}")
+    try:
+        return fn()
+    except Exception as e:
+        raise typer.BadParameter(f"{name}() raised {type(e).__name__}: {e}") from None
+
+
+def unpack_factory(result: Any, spec: str) -> tuple[Any, Any, Any]:
+    """``(model, batch, loss_fn)`` from a factory's tuple or dict."""
+    if isinstance(result, dict) and {"model", "batch", "loss_fn"} <= set(result):
+        return result["model"], result["batch"], result["loss_fn"]
+    if isinstance(result, (tuple, list)) and len(result) == 3:
+        return result[0], result[1], result[2]
+    raise typer.BadParameter(
+        f"{spec} must return (model, batch, loss_fn) or a dict with those keys, got {type(result).__name__}"
+    )
+
+
+def _to_device(obj: Any, device: str) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+@app.command()
+def check(
+    factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+) -> None:
+    """Check a model before training. Exit 0 healthy, 1 findings, 2 usage error."""
+    import torch
+
+    import gradvet
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda requested but CUDA is not available")
+    model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
+    try:
+        model = model.to(device)
+        report = gradvet.check(model, _to_device(batch, device), loss_fn)
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), default=str, indent=2))
+    else:
+        console.print(report)
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+def show(record: Path = typer.Argument(..., help="a .gradvet record")) -> None:
+    """Print a record's per-layer table and findings."""
+    import gradvet
+
+    try:
+        run = gradvet.load(record)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    meta = run.meta
+    console.print(
+        f"[bold]{record}[/]: model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
+    )
+    console.print(run.report())
+
+
+@app.command()
+def demo(steps: int = typer.Option(60, help="training steps per model")) -> None:
+    """A 10-layer sigmoid MLP on digits next to its ReLU+He twin."""
+    from gradvet.demo import run_demo
+
+    run_demo(console, steps=steps)
+
+
+@app.command()
+def report(
+    record: Path = typer.Argument(..., help="a .gradvet record"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output HTML file"),
+) -> None:
+    """Write a self-contained HTML report for a record."""
+    from gradvet.html import write_report
+
+    target = out or record.with_suffix(".html")
+    try:
+        write_report(record, target)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"wrote {target}")
+
+
+@app.command()
+def lab(
+    quick: bool = typer.Option(True, "--quick/--full", help="quick (<= 3 min on 2 cores) or full"),
+    out: Path = typer.Option(Path("lab-report"), "-o", "--out", help="output directory"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Reproduce the classic vanishing/exploding-gradient experiments and write an HTML report."""
+    from gradvet.lab import run_lab
+
+    path = run_lab(out, quick=quick, seed=seed, console=console)
+    console.print(f"lab report: {path}")
+
+
+@app.command()
+def watch(
+    record: Path = typer.Argument(..., help="a .gradvet record being written"),
+    interval: float = typer.Option(2.0, help="seconds between refreshes"),
+    once: bool = typer.Option(False, help="render once and exit"),
+) -> None:
+    """Live terminal view of a run in progress (tails its record)."""
+    from gradvet.watch import watch as _watch
+
+    _watch(record, interval=interval, once=once, console=console)
+
+
+@app.command()
+def treat(
+    factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="save the treated model (torch.save)"),
+) -> None:
+    """Diagnose, apply remedies, re-check; print a before/after table."""
+    from gradvet.treat import treat as _treat
+
+    model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
+    result = _treat(model, batch, loss_fn)
+    from gradvet._render_treat import render_treat
+
+    console.print(render_treat(result))
+    if out is not None:
+        import torch
+
+        torch.save(result.model, out)
+        console.print(f"saved treated model to {out}")
+    raise typer.Exit(0 if result.after.healthy else 1)
+
+
+def main() -> None:
+    """Console-script entry point; usage errors exit with code 2."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

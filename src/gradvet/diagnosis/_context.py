@@ -1,0 +1,71 @@
+"""Structural context shared by the rules: activations, norms, init scale, learning rates."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from gradvet.record._run import Run
+
+SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"}
+RELU_FAMILY = {"relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish"}
+DYING = {"relu", "relu6"}
+NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm1d",
+              "InstanceNorm2d", "InstanceNorm3d"}
+#: std * sqrt(fan_in) of the standard inits (equal widths): PyTorch's default kaiming_uniform(a=sqrt(5))
+#: gives 1/sqrt(3); Xavier 1; He sqrt(2).
+GAIN_DEFAULT, GAIN_XAVIER, GAIN_HE = 1 / np.sqrt(3), 1.0, np.sqrt(2)
+
+
+def activations(run: Run) -> list[str]:
+    """Activation kinds in the model, input side first, without repeats."""
+    seen: list[str] = []
+    for layer in run.ordered_layers():
+        a = layer.get("activation") or ""
+        if a and a not in seen:
+            seen.append(a)
+    return seen
+
+
+def norm_layers(run: Run) -> list[str]:
+    return [layer["name"] for layer in run.layers if layer["type"] in NORM_TYPES]
+
+
+def producer(run: Run, name: str) -> Optional[dict[str, Any]]:
+    """The parameter layer that ran last before layer ``name`` (its input's producer)."""
+    ordered = run.ordered_layers()
+    target = next((layer for layer in ordered if layer["name"] == name), None)
+    if target is None or target.get("order", -1) < 0:
+        return None
+    before = [
+        layer for layer in ordered
+        if 0 <= layer.get("order", -1) < target["order"] and layer["role"] in ("param", "recurrent")
+    ]
+    return before[-1] if before else None
+
+
+def unit_layers(run: Run, name: str) -> list[str]:
+    """Names to report for a unit finding: the producing layer, then the activation layer."""
+    layer = next((x for x in run.layers if x["name"] == name), None)
+    if layer is None or layer["role"] != "activation":
+        return [name]
+    prod = producer(run, name)
+    return [prod["name"], name] if prod is not None else [name]
+
+
+def facts(layers: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(layer["facts"][key]) for layer in layers if key in (layer.get("facts") or {})]
+
+
+def median_fact(layers: list[dict[str, Any]], key: str) -> Optional[float]:
+    vals = facts(layers, key)
+    return float(np.median(vals)) if vals else None
+
+
+def param_lrs(run: Run) -> list[Optional[float]]:
+    return [p.get("lr") for p in run.params]
+
+
+def has_optimizer(run: Run) -> bool:
+    return bool(run.meta.get("optimizer"))

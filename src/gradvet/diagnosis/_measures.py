@@ -1,0 +1,168 @@
+"""Scale-free measurements the rules are drawn from (pure functions of a Run).
+
+The rules compare the gradient *signal* ||dL/d output|| of layers with each
+other, across depth and across time, never a raw gradient norm with a fixed
+absolute threshold: a net trained to near-zero loss has tiny gradients
+everywhere and is not sick, and AMP loss scaling multiplies every gradient by
+the same factor.
+
+Why the total norm of dL/d output (not its per-element RMS): under fan-in
+scaled initialisation (PyTorch's default, Xavier, He) a healthy layer passes on
+``||dL/dh_l||^2 = n_{l+1} Var(W) E[f'^2] ||dL/dh_{l+1}||^2 * ...`` which keeps the
+total norm, not the per-element size, constant across layers of different width
+(He et al., 2015, eq. 14; Glorot & Bengio, 2010). Its ratio across depth is the
+product of the per-layer factors ``sigma_w^2 E[phi'^2]`` that mean-field theory
+calls chi (Schoenholz et al., 2017): < 1 vanishes, > 1 explodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from gradvet.record._run import Run
+
+_TINY = 1e-30
+_FLOOR = -30.0  # log10 used for an exactly zero signal (e.g. behind a layer of dead units)
+
+
+def _log10(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.maximum(x, 0.0))
+    return np.where(np.isneginf(out), _FLOOR, out)
+
+
+@dataclass
+class Depth:
+    """The gradient signal along the layers that own trainable parameters.
+
+    Attributes:
+        names: layer names, input side first.
+        layers: the layer dicts of the run, same order.
+        steps: layer steps.
+        rel: ``[steps, n]`` log10 of each layer's signal over the output-side layer's.
+    """
+
+    names: list[str]
+    layers: list[dict[str, Any]]
+    steps: np.ndarray
+    rel: np.ndarray
+
+    def median_rel(self) -> np.ndarray:
+        """Per-layer median of ``rel`` over steps (NaN-aware)."""
+        with np.errstate(all="ignore"):
+            return np.nanmedian(self.rel, axis=0) if len(self.rel) else np.zeros(len(self.names))
+
+
+def depth_profile(run: Run) -> Optional[Depth]:
+    """Signal along the trainable layers, relative to the output-side one; None if < 2 layers."""
+    s = run.get("layer/grad_norm")
+    if s is None or not len(s.steps):
+        return None
+    layers = [
+        layer for layer in run.ordered_layers()
+        if layer["role"] in ("param", "recurrent") and layer.get("params") and layer.get("order", -1) >= 0
+    ]
+    vals = s.values[:, [layer["index"] for layer in layers]].astype(np.float64) if layers else np.zeros((0, 0))
+    keep = [j for j in range(len(layers)) if np.isfinite(vals[:, j]).any()]
+    if len(keep) < 2:
+        return None
+    layers = [layers[j] for j in keep]
+    vals = vals[:, keep]
+    logs = _log10(vals)
+    ref_idx = len(layers) - 1
+    rel = logs - logs[:, ref_idx : ref_idx + 1]
+    rel[~np.isfinite(vals)] = np.nan
+    # a step where the output-side layer itself saw no gradient says nothing
+    rel[vals[:, ref_idx] <= _TINY] = np.nan
+    return Depth([layer["name"] for layer in layers], layers, s.steps, rel)
+
+
+def per_layer_factor(rel: np.ndarray) -> float:
+    """Geometric mean change of the signal per layer, going from output to input."""
+    n = len(rel)
+    if n < 2 or not np.isfinite(rel[0]):
+        return 1.0
+    return float(10 ** (rel[0] / (n - 1)))
+
+
+@dataclass
+class TimeProfile:
+    """Gradient reaching each time step of a recurrent layer's input."""
+
+    layer: dict[str, Any]
+    profile: np.ndarray  # median over layer steps of ||dL/dx_t||
+    att: float  # log10(early steps / late steps)
+
+
+def time_profiles(run: Run) -> list[TimeProfile]:
+    """One profile per recurrent layer that recorded one (median over layer steps)."""
+    out = []
+    for layer in run.ordered_layers():
+        s = run.get(f"time/{layer['name']}")
+        if s is None or not len(s.steps):
+            continue
+        with np.errstate(all="ignore"):
+            prof = np.nanmedian(s.values.astype(np.float64), axis=0)
+        prof = prof[np.isfinite(prof)]
+        if len(prof) < 4:
+            continue
+        k = max(1, len(prof) // 10)
+        late = prof[-k:].mean()
+        if late <= _TINY:
+            continue
+        att = float(_log10(np.array([prof[:k].mean()]))[0] - np.log10(late))
+        out.append(TimeProfile(layer, prof, att))
+    return out
+
+
+def layer_stat(run: Run, stat: str) -> dict[str, float]:
+    """Median over layer steps of ``layer/<stat>`` per layer name (finite values only)."""
+    s = run.get(f"layer/{stat}")
+    if s is None or not len(s.steps):
+        return {}
+    out = {}
+    for layer in run.ordered_layers():
+        col = s.values[:, layer["index"]].astype(np.float64)
+        col = col[np.isfinite(col)]
+        if len(col):
+            out[layer["name"]] = float(np.median(col))
+    return out
+
+
+def total_grad_norm(run: Run) -> Optional[np.ndarray]:
+    """Global gradient norm per step (true units), NaN where no parameter had a gradient."""
+    s = run.get("param/grad_norm")
+    if s is None:
+        return None
+    v = s.values.astype(np.float64)
+    with np.errstate(all="ignore"):
+        tot = np.sqrt(np.nansum(v**2, axis=1))
+    tot[np.all(np.isnan(v), axis=1)] = np.nan
+    return tot
+
+
+def layer_update_ratio(run: Run) -> dict[str, float]:
+    """Median over update steps of each layer's ||dW|| / ||W|| (layers with params only)."""
+    u = run.get("param/update_ratio")
+    pn = run.get("param/param_norm")
+    if u is None or pn is None or not len(u.steps):
+        return {}
+    row_of = {int(s): i for i, s in enumerate(pn.steps)}
+    out = {}
+    for layer in run.ordered_layers():
+        idx = layer.get("params") or []
+        if not idx:
+            continue
+        vals = []
+        for r, step in enumerate(u.steps):
+            w = pn.values[row_of.get(int(step), -1)][idx].astype(np.float64)
+            ratio = u.values[r][idx].astype(np.float64)
+            ok = np.isfinite(ratio) & np.isfinite(w)
+            if ok.any() and np.sum(w[ok] ** 2) > 0:
+                vals.append(np.sqrt(np.sum((ratio[ok] * w[ok]) ** 2) / np.sum(w[ok] ** 2)))
+        if vals:
+            out[layer["name"]] = float(np.median(vals))
+    return out

@@ -1,0 +1,93 @@
+"""Non-finite values: where NaN/Inf is born, and whether it matters.
+
+The birthplace is the first layer (execution order) whose forward output is
+non-finite; if every forward output was finite, the NaN was born in the backward
+pass, at the last layer (execution order) whose dL/d output is non-finite, since
+backward runs output to input. With an AMP GradScaler, steps whose gradients
+overflow are *skipped* by design while the scale calibrates (Micikevicius et
+al., 2018): those are reported as ``info`` unless most recent steps are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from gradvet.diagnosis._engine import register_rule
+from gradvet.diagnosis._prescribe import remedy
+from gradvet.findings import Cause, Finding
+from gradvet.record._run import Run
+
+
+def _bad_param_steps(run: Run) -> np.ndarray:
+    s = run.get("param/grad_nonfinite")
+    if s is None:
+        return np.zeros(0, dtype=bool)
+    return (np.nan_to_num(s.values.astype(np.float64), nan=0.0) > 0).any(axis=1)
+
+
+def _birthplace(run: Run) -> tuple[Optional[str], str]:
+    out = run.get("layer/out_nonfinite")
+    grad = run.get("layer/grad_nonfinite")
+    ordered = [x for x in run.ordered_layers() if x.get("order", -1) >= 0]
+    if out is None:
+        return None, ""
+    for r in range(len(out.steps)):
+        o = np.nan_to_num(out.values[r].astype(np.float64), nan=0.0)
+        for layer in ordered:
+            if o[layer["index"]] > 0:
+                return layer["name"], f"its forward output is non-finite at step {int(out.steps[r])}"
+        if grad is not None:
+            g = np.nan_to_num(grad.values[r].astype(np.float64), nan=0.0)
+            for layer in reversed(ordered):
+                if g[layer["index"]] > 0:
+                    return layer["name"], (f"the forward pass is finite, and the backward pass first turns "
+                                           f"non-finite at its output (step {int(out.steps[r])})")
+    return None, ""
+
+
+@register_rule("nonfinite")
+def nonfinite_rule(run: Run) -> list[Finding]:
+    bad = _bad_param_steps(run)
+    loss = run.loss.astype(np.float64)
+    loss_bad = ~np.isfinite(loss) & ~np.isnan(loss) if False else np.zeros(len(loss), dtype=bool)
+    if len(loss):
+        # a NaN loss counts only if the loss was recorded (NaN is also "no loss passed")
+        loss_bad = np.isinf(loss) | (np.isnan(loss) & bad[: len(loss)] if len(bad) == len(loss) else np.isinf(loss))
+    born, how = _birthplace(run)
+    if not bad.any() and not loss_bad.any() and born is None:
+        return []
+    n = len(bad)
+    skipped = run.skipped
+    if len(skipped) == n and bad.any() and run.get("loss_scale") is not None:
+        only_skipped = not (bad & ~skipped).any()
+        recent = skipped[-min(n, 10):]
+        if only_skipped and recent.mean() < 0.5:
+            return [Finding(
+                "nonfinite_gradients", "info", [],
+                f"the AMP GradScaler skipped {int(skipped.sum())} of {n} steps whose scaled gradients "
+                "overflowed; this is how it finds its scale, and the weights were not touched",
+                data={"skipped_steps": int(skipped.sum()), "steps": n},
+            )]
+    first = int(np.argmax(bad)) if bad.any() else None
+    names = run.param_names()
+    s = run.get("param/grad_nonfinite")
+    bad_params = []
+    if s is not None and first is not None:
+        row = np.nan_to_num(s.values[first].astype(np.float64), nan=0.0)
+        bad_params = [names[i] for i in np.where(row > 0)[0]]
+    layers = [born] if born else sorted({run.params[names.index(p)]["layer"] for p in bad_params})
+    step_txt = f" from step {int(run.steps[first])}" if first is not None and len(run.steps) > first else ""
+    evidence = f"non-finite gradients{step_txt} in {len(bad_params)} parameter tensor(s)"
+    if bad.any():
+        evidence += f" on {int(bad.sum())} of {n} steps"
+    if born:
+        evidence += f"; the NaN/Inf is born at {born!r}: {how}"
+    causes = [Cause("birthplace", f"{born!r}: {how}", 0.9)] if born else []
+    causes.append(Cause("exploding", "gradients or activations that grew until they overflowed", 0.6))
+    causes.append(Cause("numerics", "an operation outside its domain (log of 0, division by 0, sqrt of a "
+                        "negative number) in the layer where the NaN is born", 0.5))
+    rems = [remedy("skip_nonfinite", 0.8), remedy("clip:norm", 0.7), remedy("lr:lower", 0.6)]
+    return [Finding("nonfinite_gradients", "error", layers, evidence, causes, rems,
+                    {"first_step": first, "parameters": bad_params, "born_at": born})]

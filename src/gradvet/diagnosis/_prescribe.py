@@ -1,0 +1,121 @@
+"""The remedy catalogue: one prescription per remedy id, with a snippet to paste.
+
+Ids match ``gradvet.remedies`` (the treatment module applies the model-editing
+ones; ``clip:*``, ``optim:*``, ``lr:*``, ``skip_nonfinite``, ``data:*`` and
+``arch:*`` are changes to the training loop or the architecture that gradvet
+prescribes but does not apply silently).
+"""
+
+from __future__ import annotations
+
+from gradvet.findings import Remedy
+
+_APPLY = "model = gradvet.remedies.apply_remedy({id!r}, model{extra}).model"
+
+CATALOGUE: dict[str, tuple[str, str]] = {
+    "activation:relu": (
+        "swap sigmoid/tanh for ReLU: its derivative is 1 on the active side instead of <= 0.25 "
+        "(Glorot et al., 2011)",
+        _APPLY,
+    ),
+    "activation:leaky_relu": (
+        "use LeakyReLU: a small negative slope keeps a gradient flowing through units that are off "
+        "(Maas et al., 2013)",
+        _APPLY,
+    ),
+    "activation:gelu": ("use GELU, a smooth non-saturating activation (Hendrycks & Gimpel, 2016)", _APPLY),
+    "init:kaiming": (
+        "He/Kaiming init, std = sqrt(2/fan_in), keeps the signal's variance through ReLU layers "
+        "(He et al., 2015)",
+        _APPLY,
+    ),
+    "init:xavier": (
+        "Xavier/Glorot init, Var(W) = 2/(fan_in+fan_out), keeps variance through tanh layers "
+        "(Glorot & Bengio, 2010)",
+        _APPLY,
+    ),
+    "init:orthogonal": (
+        "orthogonal init keeps every singular value at 1, so signals neither shrink nor grow "
+        "(Saxe et al., 2014)",
+        _APPLY,
+    ),
+    "init:lsuv": (
+        "LSUV: orthogonal init, then rescale each layer to unit output variance on a batch "
+        "(Mishkin & Matas, 2016)",
+        "model = gradvet.remedies.apply_remedy('init:lsuv', model, batch=batch).model",
+    ),
+    "init:forget_gate_bias": (
+        "set the LSTM forget-gate bias to 1 so the cell keeps its memory at the start "
+        "(Gers et al., 2000; Jozefowicz et al., 2015)",
+        _APPLY,
+    ),
+    "init:chrono": (
+        "chrono init: forget-gate biases log(U(1, T-1)) match the memory to the sequence length "
+        "(Tallec & Ollivier, 2018)",
+        _APPLY,
+    ),
+    "init:zero_residual": (
+        "zero-init the last layer of each residual branch so every block starts as the identity "
+        "(Goyal et al., 2017; Zhang et al., 2019)",
+        _APPLY,
+    ),
+    "init:reset_bias": (
+        "reset the biases to zero so the units are active on about half the inputs again "
+        "(Lu et al., 2019)",
+        _APPLY,
+    ),
+    "norm:batch": (
+        "insert BatchNorm after each Linear/Conv: it re-centres and re-scales every layer's input "
+        "(Ioffe & Szegedy, 2015)",
+        _APPLY,
+    ),
+    "norm:layer": ("insert LayerNorm after each Linear (Ba et al., 2016)", _APPLY),
+    "residual": (
+        "add skip connections x + f(x): the identity path carries the gradient past every block "
+        "(He et al., 2016)",
+        _APPLY,
+    ),
+    "clip:norm": (
+        "clip the global gradient norm before optimizer.step() (Pascanu et al., 2013)",
+        "clip = gradvet.remedies.clip_by_global_norm(1.0)\n"
+        "...; loss.backward(); monitor.step(loss); clip(monitor.parameters, norms=monitor.last_grad_norms); opt.step()",
+    ),
+    "clip:agc": (
+        "adaptive gradient clipping: cap each unit's gradient relative to its weight norm (Brock et al., 2021)",
+        "clip = gradvet.remedies.adaptive_clip(0.01)\n...; loss.backward(); clip(list(model.parameters())); opt.step()",
+    ),
+    "lr:lower": (
+        "lower the learning rate (try 10x lower, or a warm-up)",
+        "for g in opt.param_groups:\n    g['lr'] *= 0.1",
+    ),
+    "optim:adam": (
+        "an adaptive optimizer scales each parameter's step by its own gradient history, so layers "
+        "with small gradients still move (Kingma & Ba, 2015)",
+        "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)",
+    ),
+    "skip_nonfinite": (
+        "skip optimizer steps whose gradients are not finite instead of corrupting the weights",
+        "guard = gradvet.remedies.skip_nonfinite()\n...; loss.backward(); guard(list(model.parameters())); opt.step()",
+    ),
+    "data:normalize": (
+        "standardise the inputs to zero mean and unit variance per feature (LeCun et al., 1998)",
+        "x = (x - x_train.mean(0)) / (x_train.std(0) + 1e-8)",
+    ),
+    "arch:gated_rnn": (
+        "replace the plain RNN by an LSTM or GRU, whose gated cell state carries gradients over "
+        "long spans (Hochreiter & Schmidhuber, 1997; Cho et al., 2014)",
+        "self.rnn = torch.nn.LSTM(input_size, hidden_size, batch_first=True)",
+    ),
+    "optim:param_groups": (
+        "check the optimizer: every trained parameter must be in a param group with a useful learning rate",
+        "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # all parameters, one sane lr",
+    ),
+}
+
+
+def remedy(rid: str, score: float, why: str = "", **snippet_kwargs: str) -> Remedy:
+    """A :class:`Remedy` from the catalogue; ``why`` is prepended to the explanation."""
+    explanation, snippet = CATALOGUE[rid]
+    extra = "".join(f", {k}={v}" for k, v in snippet_kwargs.items())
+    text = f"{why}; {explanation}" if why else explanation
+    return Remedy(rid, text, snippet.format(id=rid, extra=extra), score)

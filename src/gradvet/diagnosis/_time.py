@@ -1,0 +1,92 @@
+"""Vanishing and exploding gradients through time (recurrent layers).
+
+Rule: ``att = log10(||dL/dx_t|| at the first 10% of time steps / at the last 10%)``
+for each RNN/LSTM/GRU input sequence (median over measured steps). Vanishing at
+``att <= -2`` (error at -4), exploding at ``att >= +1`` (Bengio et al., 1994;
+Pascanu et al., 2013: the gradient through time is a product of Jacobians whose
+norm is bounded by the recurrent matrix's spectral radius times the activation's
+derivative). Calibration on the adding problem (hidden 32, loss on the last
+step): a plain tanh RNN at PyTorch's init gives -3.4 at T=20 and -8.7 at T=50;
+an LSTM with default gate biases (forget gate near 0.5) -4.6 at T=20; GRU -3.8 at
+T=20; a chrono-initialised LSTM (Tallec & Ollivier, 2018) stays between -0.1 and
+-0.8 up to T=200; an RNN with an orthogonal recurrent matrix of gain 2 gives
++1.9 at T=20 and +3.6 at T=50.
+"""
+
+from __future__ import annotations
+
+from gradvet.diagnosis._engine import register_rule
+from gradvet.diagnosis._measures import TimeProfile, time_profiles
+from gradvet.diagnosis._prescribe import remedy
+from gradvet.findings import Cause, Finding, Remedy
+from gradvet.record._run import Run
+
+VANISH_WARN, VANISH_ERROR = -2.0, -4.0
+EXPLODE_WARN, EXPLODE_ERROR = 1.0, 3.0
+
+
+def _causes(tp: TimeProfile, vanishing: bool) -> list[Cause]:
+    f = tp.layer.get("facts") or {}
+    mode = f.get("rnn_mode", tp.layer["type"].upper())
+    T = len(tp.profile)
+    causes = []
+    radius = f.get("spectral_radius")
+    gate = f.get("forget_gate_open")
+    if vanishing and gate is not None:
+        what = "forget" if mode == "LSTM" else "update"
+        causes.append(Cause(
+            "gate_bias",
+            f"the {what} gates start near {gate:.2f} (bias {f.get('forget_gate_bias', f.get('update_gate_bias', 0.0)):.2g}), so "
+            f"the memory is multiplied by about {gate:.2f} each step: {gate:.2f}^{T} = {gate ** T:.1e} over {T} steps",
+            0.9 if gate < 0.8 else 0.5,
+        ))
+    if radius is not None and mode.startswith("RNN"):
+        if vanishing and radius < 1.0:
+            causes.append(Cause(
+                "contractive_recurrence",
+                f"the recurrent matrix has spectral radius {radius:.2f} < 1 and tanh' <= 1, so each step "
+                f"shrinks the gradient (about {radius:.2f}^{T} = {radius ** T:.1e} over {T} steps)",
+                0.9,
+            ))
+        elif not vanishing and radius > 1.0:
+            causes.append(Cause(
+                "expansive_recurrence",
+                f"the recurrent matrix has spectral radius {radius:.2f} > 1, so the gradient can grow by "
+                f"up to {radius:.2f}x per step",
+                0.9,
+            ))
+    causes.append(Cause("sequence_length", f"{T} time steps between the loss and the first inputs", 0.4))
+    return causes
+
+
+def _remedies(tp: TimeProfile, vanishing: bool) -> list[Remedy]:
+    mode = (tp.layer.get("facts") or {}).get("rnn_mode", "")
+    if not vanishing:
+        return [remedy("clip:norm", 0.9, "Pascanu et al. (2013) clip the gradient norm for RNNs"),
+                remedy("init:orthogonal", 0.7), remedy("lr:lower", 0.4)]
+    if mode == "LSTM":
+        return [remedy("init:chrono", 0.9), remedy("init:forget_gate_bias", 0.8)]
+    if mode == "GRU":
+        return [remedy("init:chrono", 0.8), remedy("init:forget_gate_bias", 0.7)]
+    return [remedy("arch:gated_rnn", 0.9), remedy("init:orthogonal", 0.7), remedy("clip:norm", 0.3)]
+
+
+@register_rule("time")
+def time_rule(run: Run) -> list[Finding]:
+    findings = []
+    for tp in time_profiles(run):
+        T = len(tp.profile)
+        data = {"layer": tp.layer["name"], "log10_first_vs_last": round(tp.att, 3), "time_steps": T,
+                "profile": [float(v) for v in tp.profile]}
+        name = tp.layer["name"]
+        if tp.att <= VANISH_WARN:
+            ev = (f"the gradient reaching the first time steps of {name!r} is {10 ** tp.att:.1e} of that "
+                  f"reaching the last ones ({T} steps; about {10 ** (tp.att / max(T - 1, 1)):.3f}x per step)")
+            findings.append(Finding("vanishing_gradients", "error" if tp.att <= VANISH_ERROR else "warning",
+                                    [name], ev, _causes(tp, True), _remedies(tp, True), data))
+        elif tp.att >= EXPLODE_WARN:
+            ev = (f"the gradient reaching the first time steps of {name!r} is {10 ** tp.att:.1e}x that "
+                  f"reaching the last ones ({T} steps)")
+            findings.append(Finding("exploding_gradients", "error" if tp.att >= EXPLODE_ERROR else "warning",
+                                    [name], ev, _causes(tp, False), _remedies(tp, False), data))
+    return findings

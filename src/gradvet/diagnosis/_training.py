@@ -1,0 +1,137 @@
+"""Rules that need a training run: exploding over training, and stalled layers.
+
+- **exploding over training** (Pascanu et al., 2013): the global gradient norm
+  rises >= 10x above its early level while the loss rises (or turns
+  non-finite), the signature of a learning rate too large for the curvature.
+  A growing gradient norm with a falling loss is ordinary early training and is
+  not reported.
+- **stalled layers**: a layer whose relative update ||dW||/||W|| stays below
+  1/1000 of the median layer's (median over measured updates). Relative to the
+  other layers, so a converged net whose updates are all tiny is not flagged;
+  parameters that receive gradients but are in no optimizer param group are
+  stalled by construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradvet.diagnosis._context import has_optimizer
+from gradvet.diagnosis._engine import register_rule
+from gradvet.diagnosis._measures import layer_update_ratio, total_grad_norm
+from gradvet.diagnosis._prescribe import remedy
+from gradvet.findings import Cause, Finding
+from gradvet.record._run import Run
+
+GROWTH, STALL = 1.0, -3.0  # log10 thresholds
+
+
+def _layer_growth(run: Run, k: int) -> list[str]:
+    s = run.get("param/grad_norm")
+    if s is None:
+        return []
+    grown = []
+    v = s.values.astype(np.float64)
+    for layer in run.ordered_layers():
+        idx = layer.get("params") or []
+        if not idx:
+            continue
+        with np.errstate(all="ignore"):
+            g = np.sqrt(np.nansum(v[:, idx] ** 2, axis=1))
+        g[~np.isfinite(g)] = np.nan
+        early, late = np.nanmedian(g[:k]), np.nanmax(g[-max(k, len(g) // 5):]) if np.isfinite(g).any() else np.nan
+        if early > 0 and np.isfinite(late) and late / early >= 10:
+            grown.append(layer["name"])
+    return grown
+
+
+@register_rule("exploding_training")
+def exploding_training_rule(run: Run) -> list[Finding]:
+    G = total_grad_norm(run)
+    loss = run.loss.astype(np.float64)
+    if G is None or len(G) < 8 or len(loss) != len(G):
+        return []
+    G = np.where(np.isfinite(G), G, np.nan)
+    k = max(3, len(G) // 10)
+    with np.errstate(all="ignore"):
+        early_g, early_l = np.nanmedian(G[:k]), np.nanmedian(loss[:k])
+    late = slice(len(G) - max(k, len(G) // 5), len(G))
+    if not np.isfinite(early_g) or early_g <= 0 or not np.isfinite(G[late]).any():
+        return []
+    growth = float(np.log10(np.nanmax(G[late]) / early_g))
+    went_nonfinite = bool(np.isinf(loss[k:]).any() or (np.isnan(loss[k:]).any() and np.isfinite(loss[:k]).all()))
+    with np.errstate(all="ignore"):
+        late_l = np.nanmax(loss[late]) if np.isfinite(loss[late]).any() else np.inf
+    rising = went_nonfinite or (np.isfinite(early_l) and late_l > 1.5 * early_l)
+    if growth < GROWTH or not rising:
+        return []
+    lrs = sorted({p.get("lr") for p in run.params if p.get("lr") is not None})
+    lr_txt = f" (learning rate {', '.join(f'{x:g}' for x in lrs)})" if lrs else ""
+    evidence = (f"the global gradient norm rose {10 ** growth:.0f}x above its early level while the loss went "
+                f"from {early_l:.3g} to {'non-finite' if went_nonfinite else f'{late_l:.3g}'}")
+    causes = [Cause("learning_rate", f"steps too large for the loss curvature{lr_txt}: each update overshoots "
+                    "and the next gradient is larger", 0.9),
+              Cause("no_clipping", "nothing bounds the update when a gradient spikes", 0.5)]
+    rems = [remedy("lr:lower", 0.9), remedy("clip:norm", 0.8), remedy("optim:adam", 0.3)]
+    layers = _layer_growth(run, k) or [x["name"] for x in run.ordered_layers() if x.get("params")][:1]
+    return [Finding("exploding_gradients", "error" if went_nonfinite or growth >= 2 else "warning", layers,
+                    evidence, causes, rems, {"log10_growth": growth, "went_nonfinite": went_nonfinite})]
+
+
+@register_rule("stalled")
+def stalled_rule(run: Run) -> list[Finding]:
+    if not has_optimizer(run):
+        return []
+    findings = []
+    ratios = layer_update_ratio(run)
+    positive = [v for v in ratios.values() if v > 0 and np.isfinite(v)]
+    if len(ratios) >= 2 and positive:
+        med = float(np.median(positive))
+        stalled = {n: v for n, v in ratios.items() if med > 0 and (v <= 0 or np.log10(max(v, 1e-300) / med) <= STALL)}
+        if stalled:
+            findings.append(_stalled(run, stalled, med))
+    orphans = _not_in_optimizer(run)
+    if orphans:
+        findings.append(Finding(
+            "stalled_layers", "warning", orphans,
+            f"{len(orphans)} layer(s) receive gradients but no optimizer param group holds their parameters, "
+            "so they never change",
+            (Cause("not_in_optimizer", "the optimizer was built from a subset of model.parameters()", 0.9),),
+            (remedy("optim:param_groups", 0.9),),
+        ))
+    return findings
+
+
+def _stalled(run: Run, stalled: dict[str, float], med: float) -> Finding:
+    lr_of = {}
+    for layer in run.layers:
+        lrs = [run.params[i].get("lr") for i in layer.get("params") or [] if run.params[i].get("lr") is not None]
+        if lrs:
+            lr_of[layer["name"]] = min(lrs)
+    all_lrs = [v for v in lr_of.values() if v is not None]
+    med_lr = float(np.median(all_lrs)) if all_lrs else None
+    causes = []
+    low = [n for n in stalled if med_lr and lr_of.get(n) is not None and lr_of[n] <= 1e-3 * med_lr]
+    if low:
+        causes.append(Cause("param_group_lr", f"{', '.join(repr(n) for n in low)} sit in a param group with "
+                            f"learning rate {min(lr_of[n] for n in low):.1g}, vs {med_lr:.1g} for the others", 0.95))
+    causes.append(Cause("starved", "the gradient reaching these layers is far smaller than elsewhere "
+                        "(see vanishing gradients)", 0.6 if not low else 0.3))
+    names = [x["name"] for x in run.ordered_layers() if x["name"] in stalled]
+    ev = "; ".join(f"{n!r} moves {stalled[n]:.1e} of its norm per update" for n in names)
+    ev += f" (median layer: {med:.1e})"
+    rems = [remedy("optim:param_groups", 0.9 if low else 0.4), remedy("optim:adam", 0.6)]
+    return Finding("stalled_layers", "warning", names, ev, causes, rems, {"update_ratio": stalled, "median": med})
+
+
+def _not_in_optimizer(run: Run) -> list[str]:
+    s = run.get("param/grad_norm")
+    if s is None or not len(s.steps):
+        return []
+    has_grad = np.isfinite(s.values.astype(np.float64)).any(axis=0)
+    orphan_layers = []
+    for layer in run.ordered_layers():
+        idx = layer.get("params") or []
+        if idx and all(run.params[i].get("lr") is None and has_grad[i] for i in idx):
+            orphan_layers.append(layer["name"])
+    return orphan_layers

@@ -1,0 +1,133 @@
+"""Dead and saturated units.
+
+- **dead** (ReLU, ReLU6): a unit whose output is zero for every sample of the
+  batch passes no gradient to its weights (Lu et al., 2019, "Dying ReLU and
+  initialization"). Warning when >= 50% of a layer's units are dead, error at
+  >= 90%. A healthy He-initialised ReLU layer has almost none at init (a unit is
+  off on a random input with probability ~1/2, on all B inputs with ~2^-B).
+- **saturated** (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an output where
+  the activation's derivative is below 10% of its maximum. Warning when >= 50%
+  of a layer's outputs are saturated, error at >= 90% (Glorot & Bengio, 2010,
+  observed sigmoid top layers saturating at 1 and learning stalling). Measured
+  on digits: standardised inputs saturate 0-5% of the first tanh/sigmoid layer;
+  inputs scaled by 20 saturate 84-92%.
+
+Both use the median of the last three measured steps, so units that die during
+training are reported and a transient does not trigger.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradvet.diagnosis._context import DYING, SATURATING, producer, unit_layers
+from gradvet.diagnosis._engine import register_rule
+from gradvet.diagnosis._prescribe import remedy
+from gradvet.findings import Cause, Finding
+from gradvet.record._run import Run
+
+WARN, ERROR = 0.5, 0.9
+
+
+def _recent(run: Run, stat: str) -> dict[str, float]:
+    s = run.get(f"layer/{stat}")
+    if s is None or not len(s.steps):
+        return {}
+    out = {}
+    for layer in run.ordered_layers():
+        col = s.values[-3:, layer["index"]].astype(np.float64)
+        col = col[np.isfinite(col)]
+        if len(col):
+            out[layer["name"]] = float(np.median(col))
+    return out
+
+
+def _flagged(run: Run, stat: str, kinds: set[str]) -> list[tuple[dict, float]]:
+    vals = _recent(run, stat)
+    return [
+        (layer, vals[layer["name"]]) for layer in run.ordered_layers()
+        if layer.get("activation") in kinds and vals.get(layer["name"], 0.0) >= WARN
+    ]
+
+
+def _names(run: Run, flagged: list[tuple[dict, float]]) -> list[str]:
+    names: list[str] = []
+    for layer, _ in flagged:
+        for n in unit_layers(run, layer["name"]):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+@register_rule("dead")
+def dead_rule(run: Run) -> list[Finding]:
+    flagged = _flagged(run, "dead_frac", DYING)
+    if not flagged:
+        return []
+    worst = max(v for _, v in flagged)
+    parts = [f"{100 * v:.0f}% of units in {layer['name']!r} output zero for every sample" for layer, v in flagged]
+    causes = []
+    for layer, _ in flagged:
+        prod = producer(run, layer["name"]) if layer["role"] == "activation" else layer
+        f = (prod or {}).get("facts") or {}
+        if f.get("bias_mean", 0.0) < 0 and f.get("bias_neg_frac", 0.0) > 0.5:
+            causes.append(Cause(
+                "negative_bias",
+                f"{(prod or layer)['name']!r} starts with negative biases (mean {f['bias_mean']:.2g}, "
+                f"{100 * f['bias_neg_frac']:.0f}% negative) that push units below zero for every input",
+                0.9,
+            ))
+            break
+    causes.append(Cause("large_updates", "a large update (high learning rate) can push units into the "
+                        "region where they never fire again", 0.5))
+    causes.append(Cause("init", "an initialisation whose scale or bias leaves units off on the whole data", 0.3))
+    rems = [remedy("activation:leaky_relu", 0.9), remedy("init:reset_bias", 0.8), remedy("init:kaiming", 0.6),
+            remedy("lr:lower", 0.4)]
+    data = {layer["name"]: v for layer, v in flagged}
+    return [Finding("dead_units", "error" if worst >= ERROR else "warning", _names(run, flagged),
+                    "; ".join(parts), causes, rems, {"dead_frac": data})]
+
+
+@register_rule("saturated")
+def saturated_rule(run: Run) -> list[Finding]:
+    flagged = _flagged(run, "sat_frac", SATURATING)
+    if not flagged:
+        return []
+    worst = max(v for _, v in flagged)
+    parts = [
+        f"{100 * v:.0f}% of outputs of {layer['name']!r} ({layer['activation']}) sit where its derivative is "
+        f"below 10% of its maximum" for layer, v in flagged
+    ]
+    stds = _recent(run, "act_std")
+    causes = []
+    first = flagged[0][0]
+    prod = producer(run, first["name"]) if first["role"] == "activation" else first
+    if prod is not None:
+        pre_std = stds.get(prod["name"])
+        f = prod.get("facts") or {}
+        gain = f.get("init_gain")
+        trainable = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
+        is_first = bool(trainable) and trainable[0]["name"] == prod["name"]
+        if pre_std is not None and pre_std > 2.0 and is_first and (gain is None or gain < 1.5):
+            causes.append(Cause(
+                "unnormalised_inputs",
+                f"the pre-activations of {prod['name']!r} have std {pre_std:.3g} with weights of ordinary "
+                f"scale ({gain:.2g}/sqrt(fan_in)): the inputs are not standardised" if gain is not None else
+                f"the pre-activations of {prod['name']!r} have std {pre_std:.3g}: the inputs are not standardised",
+                0.9,
+            ))
+        if gain is not None and gain > 1.5:
+            causes.append(Cause(
+                "large_weights",
+                f"{prod['name']!r} has weights of std {gain:.2g}/sqrt(fan_in): large pre-activations push units "
+                "into the flat tails",
+                0.8,
+            ))
+    causes.append(Cause("saturating_activation", "sigmoid/tanh are flat for large |x|: their gradient is "
+                        "nearly zero there", 0.5))
+    rems = []
+    if any(c.id == "unnormalised_inputs" for c in causes):
+        rems.append(remedy("data:normalize", 0.95))
+    rems += [remedy("norm:batch", 0.8), remedy("activation:relu", 0.7), remedy("init:xavier", 0.6)]
+    return [Finding("saturated_units", "error" if worst >= ERROR else "warning", _names(run, flagged),
+                    "; ".join(parts), causes, rems, {"sat_frac": {layer["name"]: v for layer, v in flagged}})]
