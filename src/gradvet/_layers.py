@@ -34,7 +34,8 @@ class LayerInfo:
     Attributes:
         name: module name as ``model.named_modules()`` gives it ("" is the root).
         type: class name.
-        role: ``"param"``, ``"activation"`` or ``"recurrent"``.
+        role: ``"param"``, ``"activation"``, ``"recurrent"`` or ``"other"`` (a parameter-free
+            leaf or custom module, tapped so that a NaN born inside it can be located).
         activation: activation kind name ("" for plain layers); for a parameter layer
             followed by a functional activation, that activation's name once seen.
         params: indices into the monitor's parameter list owned by this layer.
@@ -61,6 +62,18 @@ class LayerInfo:
         }
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _is_other_layer(mod: nn.Module) -> bool:
+    """Parameter-free leaves and custom modules: tapped so a NaN born in them is located."""
+    if isinstance(mod, _CONTAINERS):
+        return False
+    leaf = next(iter(mod.children()), None) is None
+    custom = not type(mod).__module__.startswith("torch.")
+    return leaf or custom
+
+
 def discover_layers(
     model: nn.Module, param_index: dict[int, int]
 ) -> tuple[list[LayerInfo], list[nn.Module], list[Optional[ActivationKind]]]:
@@ -80,7 +93,7 @@ def discover_layers(
     for name, mod in model.named_modules():
         own = [p for p in mod.parameters(recurse=False)]
         kind = activation_kind(mod)
-        if not own and kind is None:
+        if not own and kind is None and not _is_other_layer(mod):
             continue
         idx = []
         for p in own:
@@ -92,6 +105,8 @@ def discover_layers(
             role = "recurrent"
         elif kind is not None and not own:
             role = "activation"
+        elif not own:
+            role = "other"
         else:
             role = "param"
         info = LayerInfo(
