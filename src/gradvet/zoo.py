@@ -412,19 +412,31 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
     return out
 
 
-def run_scenario(sc: Scenario, seed: int = 0) -> Any:
-    """Run one scenario the way a user would; returns the Report."""
+def run_scenario(sc: Scenario, seed: int = 0, mode: str = "auto", steps: int = 20) -> Any:
+    """Run one scenario the way a user would; returns the Report.
+
+    Args:
+        sc: the scenario.
+        seed: its seed.
+        mode: ``"check"`` (``gradvet.check`` on the batch), ``"monitor"`` (a Monitor training
+            loop, default profile, ``steps`` SGD steps unless the scenario sets its own loop), or
+            ``"auto"`` (the scenario's own loop if it has one, else check).
+        steps: training steps for ``"monitor"`` mode on scenarios without their own loop.
+    """
     import gradvet
 
+    if mode not in ("auto", "check", "monitor"):
+        raise ValueError(f"mode must be 'auto', 'check' or 'monitor', got {mode!r}")
     model, batch, loss_fn = sc.build(seed)
-    if sc.train is None:
+    if sc.train is None and mode != "monitor":
         return gradvet.check(model, batch, loss_fn)
-    kwargs = dict(sc.monitor_kwargs)
+    kwargs = dict(sc.monitor_kwargs) if sc.train is not None else {}
     amp = kwargs.pop("amp", False)
-    opt = (sc.optimizer or sgd(0.05))(model)
+    opt = (sc.optimizer or sgd(0.01))(model)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16) if amp else None
+    loop = sc.train or train_loop
     with gradvet.Monitor(model, optimizer=opt, scaler=scaler, **kwargs) as monitor:
-        sc.train(model, batch, loss_fn, monitor, opt, sc.steps, scaler)
+        loop(model, batch, loss_fn, monitor, opt, sc.steps if sc.train is not None else steps, scaler)
     return monitor.report()
 
 

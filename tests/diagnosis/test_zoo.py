@@ -15,6 +15,17 @@ def test_scenario_verdict(sc):
     assert ok, why
 
 
+CHECK_ONLY = [s for s in SCENARIOS if s.train is None and s.id.endswith("-s0")]
+
+
+@pytest.mark.parametrize("sc", CHECK_ONLY, ids=[s.id for s in CHECK_ONLY])
+def test_same_verdict_under_a_monitor_training_loop(sc):
+    """The Monitor loop of the README (default profile, 20 SGD steps) reaches the same verdict."""
+    report = run_scenario(sc, 0, mode="monitor")
+    ok, why = verdict_ok(sc, report)
+    assert ok, why
+
+
 def test_zoo_is_wide_and_beats_the_naive_detector():
     families = {s.family for s in SCENARIOS}
     assert len(SCENARIOS) >= 100

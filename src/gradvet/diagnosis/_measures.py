@@ -20,12 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import warnings
+
 import numpy as np
 
 from gradvet.record._run import Run
 
 _TINY = 1e-30
 _FLOOR = -30.0  # log10 used for an exactly zero signal (e.g. behind a layer of dead units)
+
+
+def nanmedian(x: np.ndarray, axis: Any = None) -> Any:
+    """``np.nanmedian`` that returns NaN for all-NaN input without a RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(x, axis=axis)
 
 
 def _log10(x: np.ndarray) -> np.ndarray:
@@ -52,8 +61,7 @@ class Depth:
 
     def median_rel(self) -> np.ndarray:
         """Per-layer median of ``rel`` over steps (NaN-aware)."""
-        with np.errstate(all="ignore"):
-            return np.nanmedian(self.rel, axis=0) if len(self.rel) else np.zeros(len(self.names))
+        return nanmedian(self.rel, axis=0) if len(self.rel) else np.zeros(len(self.names))
 
 
 def depth_profile(run: Run) -> Optional[Depth]:
@@ -104,8 +112,7 @@ def time_profiles(run: Run) -> list[TimeProfile]:
         s = run.get(f"time/{layer['name']}")
         if s is None or not len(s.steps):
             continue
-        with np.errstate(all="ignore"):
-            prof = np.nanmedian(s.values.astype(np.float64), axis=0)
+        prof = nanmedian(s.values.astype(np.float64), axis=0)
         prof = prof[np.isfinite(prof)]
         if len(prof) < 4:
             continue

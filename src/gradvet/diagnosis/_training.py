@@ -18,7 +18,7 @@ import numpy as np
 
 from gradvet.diagnosis._context import has_optimizer
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import layer_update_ratio, total_grad_norm
+from gradvet.diagnosis._measures import layer_update_ratio, nanmedian, total_grad_norm
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
@@ -39,7 +39,7 @@ def _layer_growth(run: Run, k: int, peak: int) -> list[str]:
             continue
         with np.errstate(all="ignore"):
             g = np.sqrt(np.nansum(v[:, idx] ** 2, axis=1))
-            early = np.nanmedian(np.where(np.isfinite(g[:k]), g[:k], np.nan))
+            early = nanmedian(np.where(np.isfinite(g[:k]), g[:k], np.nan))
         if early > 0 and np.isfinite(g[peak]) and g[peak] / early >= 10:
             grown.append(layer["name"])
     return grown
@@ -54,7 +54,7 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     G = np.where(np.isfinite(G), G, np.nan)
     k = max(1, min(3, len(G) // 10))
     with np.errstate(all="ignore"):
-        early_g, early_l = np.nanmedian(G[:k]), np.nanmedian(loss[:k])
+        early_g, early_l = nanmedian(G[:k]), nanmedian(loss[:k])
     if not np.isfinite(early_g) or early_g <= 0 or not np.isfinite(G[k:]).any():
         return []
     peak = int(k + np.nanargmax(G[k:]))
