@@ -31,19 +31,31 @@ def _bar(x: Optional[float], lo: float, hi: float, width: int = 24) -> Text:
     return Text("█" * n, style=style)
 
 
+def _finite_pos(x: Optional[float]) -> bool:
+    return x is not None and x > 0 and math.isfinite(x)
+
+
 def layer_table(report: Any) -> Table:
-    vals = [l.signal_rms for l in report.layers if l.signal_rms and l.signal_rms > 0 and math.isfinite(l.signal_rms)]
+    """Per-layer table: the gradient signal ||dL/d output|| as a log-scale bar, input side first."""
+    layers = [l for l in report.layers if l.role != "other" or l.signal_norm is not None]
+    vals = [l.signal_norm for l in layers if _finite_pos(l.signal_norm)]
     lo = math.log10(min(vals)) - 0.5 if vals else 0.0
     hi = math.log10(max(vals)) if vals else 1.0
-    table = Table(title="gradient flow, input side first (bar: per-element dL/d output, log scale)")
-    for col, just in (("layer", "left"), ("type", "left"), ("act", "left"), ("|dL/dout| rms", "right"),
-                      ("", "left"), ("|grad W|", "right"), ("upd/W", "right"), ("sat", "right"), ("dead", "right")):
+    has_upd = any(l.update_ratio is not None for l in layers)
+    table = Table(title="gradient flow, input side first (bar: ||dL/d output||, log scale)")
+    cols = [("layer", "left"), ("type", "left"), ("act", "left"), ("|dL/dout|", "right"), ("", "left"),
+            ("rms", "right"), ("|grad W|", "right")]
+    cols += [("upd/W", "right")] if has_upd else []
+    cols += [("sat", "right"), ("dead", "right")]
+    for col, just in cols:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for l in report.layers:
-        table.add_row(
-            l.name or "(root)", l.type, l.activation or "", _fmt(l.signal_rms), _bar(l.signal_rms, lo, hi),
-            _fmt(l.grad_norm), _fmt(l.update_ratio), _fmt(l.sat_frac, True), _fmt(l.dead_frac, True),
-        )
+    for l in layers:
+        act = bool(l.activation)
+        row = [l.name or "(root)", l.type, l.activation or "", _fmt(l.signal_norm), _bar(l.signal_norm, lo, hi),
+               _fmt(l.signal_rms), _fmt(l.grad_norm)]
+        row += [_fmt(l.update_ratio)] if has_upd else []
+        row += [_fmt(l.sat_frac, True) if act else "", _fmt(l.dead_frac, True) if act else ""]
+        table.add_row(*row)
     return table
 
 

@@ -113,6 +113,29 @@ def init_linear(m: nn.Linear, init: str, gain: float = 1.0) -> None:
             m.bias.zero_()
 
 
+def tapered_mlp(widths: list[int], act: str) -> nn.Sequential:
+    """An MLP whose hidden widths change from layer to layer (default init)."""
+    layers: list[nn.Module] = []
+    d = 64
+    for w in widths:
+        layers += [nn.Linear(d, w), ACTS[act]()]
+        d = w
+    return nn.Sequential(*layers, nn.Linear(d, 10))
+
+
+class InfWeightNet(nn.Module):
+    """fc2 holds an infinite weight: its output is the first non-finite value of the forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+        with torch.no_grad():
+            self.fc2.weight[0, 0] = float("inf")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
 def mlp(depth: int, act: str, width: int = 64, init: str = "default", gain: float = 1.0, norm: Optional[str] = None,
         d_in: int = 64, d_out: int = 10) -> nn.Sequential:
     """``depth`` Linear layers with ``act`` (and optional batch/layer norm) between them."""
@@ -173,11 +196,15 @@ class ConvNet(nn.Module):
             c = channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels * 64, 10)
-        if init == "he":
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and init != "default":
+                if init == "he":
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
+                elif init == "small":
+                    nn.init.normal_(m.weight, std=0.01)
+                else:
+                    raise ValueError(f"unknown init {init!r}")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.view(-1, 1, 8, 8)).flatten(1))
@@ -355,7 +382,34 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
                      ("stalled_layers",), "2", train=train_loop, optimizer=stalled_opt, steps=30,
                      monitor_kwargs={"profile": "full"}))
 
+        for widths in ((256, 128, 96, 64, 48, 32, 32), (32, 64, 128, 128, 64, 32, 16, 16, 16)):
+            add(Scenario(f"vanish-tapered-sigmoid-{len(widths)}-s{seed}", "vanishing/tapered",
+                         lambda s, w=widths: _ce(_seeded(lambda: tapered_mlp(list(w), "sigmoid"), s)),
+                         ("vanishing_gradients",), "0"))
+        for act in ("relu", "tanh"):
+            add(Scenario(f"vanish-cnn-small-init-{act}-s{seed}", "vanishing/cnn",
+                         lambda s, a=act: _ce(_seeded(lambda: ConvNet(4, a, init="small"), s), n=128),
+                         ("vanishing_gradients",), "features.0"))
+        add(Scenario(f"nan-inf-weight-s{seed}", "nonfinite", lambda s: _ce(_seeded(InfWeightNet, s)),
+                     ("nonfinite_gradients",), "fc2"))
+
         # ---- healthy -------------------------------------------------------------
+        for act in ("gelu", "leaky_relu"):
+            add(Scenario(f"healthy-{act}-he-d10-s{seed}", "healthy/he-relu",
+                         lambda s, a=act: _ce(_seeded(lambda: mlp(10, a, 64, "he"), s))))
+        add(Scenario(f"healthy-ln-relu-d12-s{seed}", "healthy/layernorm",
+                     lambda s: _ce(_seeded(lambda: mlp(12, "relu", 64, "he", norm="layer"), s))))
+        add(Scenario(f"healthy-cnn-he-relu-s{seed}", "healthy/cnn",
+                     lambda s: _ce(_seeded(lambda: ConvNet(4, "relu", init="he"), s), n=128)))
+        add(Scenario(f"healthy-adam-training-s{seed}", "healthy/training",
+                     lambda s: _ce(_seeded(lambda: mlp(5, "relu", 64, "he"), s)),
+                     train=train_loop, optimizer=adam(1e-3), steps=80))
+        add(Scenario(f"healthy-sgd-training-tanh-s{seed}", "healthy/training",
+                     lambda s: _ce(_seeded(lambda: mlp(4, "tanh", 64, "xavier"), s)),
+                     train=train_loop, optimizer=sgd(0.1), steps=80, monitor_kwargs={"profile": "business"}))
+        add(Scenario(f"healthy-chrono-gru-T100-s{seed}", "healthy/chrono-lstm",
+                     lambda s: (_seeded(lambda: SeqModel("GRU", init="chrono", T=100), s),
+                                adding_problem(64, 100, s), F.mse_loss)))
         for act, depth in (("sigmoid", 2), ("sigmoid", 3), ("tanh", 3)):
             add(Scenario(f"healthy-shallow-{act}-d{depth}-s{seed}", "healthy/shallow",
                          lambda s, a=act, d=depth: _ce(_seeded(lambda: mlp(d, a, 64), s))))
