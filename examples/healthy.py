@@ -12,7 +12,7 @@ def factory():
     X = torch.tensor(X, dtype=torch.float32)
     X = (X - X.mean(0)) / (X.std(0) + 1e-6)
     layers = []
-    for i in range(9):
+    for _ in range(9):
         layers += [nn.Linear(64, 64), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(64, 10))
     for m in model.modules():

@@ -12,7 +12,7 @@ def factory():
     X = torch.tensor(X, dtype=torch.float32)
     X = (X - X.mean(0)) / (X.std(0) + 1e-6)
     layers = []
-    for i in range(9):
+    for _ in range(9):
         layers += [nn.Linear(64, 64), nn.Sigmoid()]
     model = nn.Sequential(*layers, nn.Linear(64, 10))
     return model, (X[:256], torch.tensor(y[:256])), nn.functional.cross_entropy

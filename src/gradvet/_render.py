@@ -37,11 +37,11 @@ def _finite_pos(x: Optional[float]) -> bool:
 
 def layer_table(report: Any) -> Table:
     """Per-layer table: the gradient signal ||dL/d output|| as a log-scale bar, input side first."""
-    layers = [l for l in report.layers if l.role != "other" or l.signal_norm is not None]
-    vals = [l.signal_norm for l in layers if _finite_pos(l.signal_norm)]
+    layers = [x for x in report.layers if x.role != "other" or x.signal_norm is not None]
+    vals = [x.signal_norm for x in layers if _finite_pos(x.signal_norm)]
     lo = math.log10(min(vals)) - 0.5 if vals else 0.0
     hi = math.log10(max(vals)) if vals else 1.0
-    has_upd = any(l.update_ratio is not None for l in layers)
+    has_upd = any(x.update_ratio is not None for x in layers)
     table = Table(title="gradient flow, input side first (bar: ||dL/d output||, log scale)")
     cols = [("layer", "left"), ("type", "left"), ("act", "left"), ("|dL/dout|", "right"), ("", "left"),
             ("rms", "right"), ("|grad W|", "right")]
@@ -49,12 +49,12 @@ def layer_table(report: Any) -> Table:
     cols += [("sat", "right"), ("dead", "right")]
     for col, just in cols:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for l in layers:
-        act = bool(l.activation)
-        row = [l.name or "(root)", l.type, l.activation or "", _fmt(l.signal_norm), _bar(l.signal_norm, lo, hi),
-               _fmt(l.signal_rms), _fmt(l.grad_norm)]
-        row += [_fmt(l.update_ratio)] if has_upd else []
-        row += [_fmt(l.sat_frac, True) if act else "", _fmt(l.dead_frac, True) if act else ""]
+    for x in layers:
+        act = bool(x.activation)
+        row = [x.name or "(root)", x.type, x.activation or "", _fmt(x.signal_norm), _bar(x.signal_norm, lo, hi),
+               _fmt(x.signal_rms), _fmt(x.grad_norm)]
+        row += [_fmt(x.update_ratio)] if has_upd else []
+        row += [_fmt(x.sat_frac, True) if act else "", _fmt(x.dead_frac, True) if act else ""]
         table.add_row(*row)
     return table
 

@@ -29,11 +29,14 @@ def _bias_facts(b: Optional[torch.Tensor]) -> dict[str, float]:
 
 def _rnn_facts(m: nn.RNNBase) -> dict[str, Any]:
     h = m.hidden_size
-    w = m.weight_hh_l0.detach().float().cpu()
+    w_hh: torch.Tensor = getattr(m, "weight_hh_l0")  # noqa: B009 - RNNBase registers it dynamically
+    w = w_hh.detach().float().cpu()
     facts: dict[str, Any] = {"rnn_mode": m.mode, "hidden_size": h}
     bias = None
     if m.bias:
-        bias = (m.bias_ih_l0.detach() + m.bias_hh_l0.detach()).float().cpu()
+        b_ih: torch.Tensor = getattr(m, "bias_ih_l0")  # noqa: B009
+        b_hh: torch.Tensor = getattr(m, "bias_hh_l0")  # noqa: B009
+        bias = (b_ih.detach() + b_hh.detach()).float().cpu()
     if m.mode in ("RNN_TANH", "RNN_RELU"):
         facts["spectral_radius"] = float(torch.linalg.eigvals(w).abs().max())
     elif m.mode == "LSTM":
@@ -56,7 +59,7 @@ def layer_facts(module: nn.Module) -> dict[str, Any]:
     try:
         if isinstance(module, nn.RNNBase):
             facts = _rnn_facts(module)
-            facts.update(_weight_facts(module.weight_ih_l0, module.input_size))
+            facts.update(_weight_facts(getattr(module, "weight_ih_l0"), module.input_size))  # noqa: B009
             return facts
         w = getattr(module, "weight", None)
         if isinstance(module, (nn.Linear, nn.Bilinear)) and w is not None:

@@ -6,6 +6,7 @@ to JSON, compared in tests and stored without carrying live model objects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,10 +73,10 @@ class Finding:
 
     kind: str
     severity: str
-    layers: tuple[str, ...]
+    layers: Sequence[str]
     evidence: str
-    causes: tuple[Cause, ...] = ()
-    remedies: tuple[Remedy, ...] = ()
+    causes: Sequence[Cause] = ()
+    remedies: Sequence[Remedy] = ()
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="misc,index,arg-type,assignment"
 """A zoo of sick and healthy models with known diagnoses.
 
 Each :class:`Scenario` builds a model, a batch and a loss, says which finding

@@ -17,10 +17,9 @@ calls chi (Schoenholz et al., 2017): < 1 vanishes, > 1 explodes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
-
-import warnings
 
 import numpy as np
 

@@ -24,7 +24,7 @@ def _bad_param_steps(run: Run) -> np.ndarray:
     s = run.get("param/grad_nonfinite")
     if s is None:
         return np.zeros(0, dtype=bool)
-    return (np.nan_to_num(s.values.astype(np.float64), nan=0.0) > 0).any(axis=1)
+    return np.asarray((np.nan_to_num(s.values.astype(np.float64), nan=0.0) > 0).any(axis=1))
 
 
 def _birthplace(run: Run) -> tuple[Optional[str], str]:
@@ -51,10 +51,10 @@ def _birthplace(run: Run) -> tuple[Optional[str], str]:
 def nonfinite_rule(run: Run) -> list[Finding]:
     bad = _bad_param_steps(run)
     loss = run.loss.astype(np.float64)
-    loss_bad = ~np.isfinite(loss) & ~np.isnan(loss) if False else np.zeros(len(loss), dtype=bool)
-    if len(loss):
-        # a NaN loss counts only if the loss was recorded (NaN is also "no loss passed")
-        loss_bad = np.isinf(loss) | (np.isnan(loss) & bad[: len(loss)] if len(bad) == len(loss) else np.isinf(loss))
+    # NaN is also "no loss passed": a NaN loss counts only together with non-finite gradients
+    loss_bad = np.isinf(loss)
+    if len(bad) == len(loss):
+        loss_bad = loss_bad | (np.isnan(loss) & bad)
     born, how = _birthplace(run)
     if not bad.any() and not loss_bad.any() and born is None:
         return []
@@ -65,7 +65,7 @@ def nonfinite_rule(run: Run) -> list[Finding]:
         recent = skipped[-min(n, 10):]
         if only_skipped and recent.mean() < 0.5:
             return [Finding(
-                "nonfinite_gradients", "info", [],
+                "nonfinite_gradients", "info", (),
                 f"the AMP GradScaler skipped {int(skipped.sum())} of {n} steps whose scaled gradients "
                 "overflowed; this is how it finds its scale, and the weights were not touched",
                 data={"skipped_steps": int(skipped.sum()), "steps": n},
@@ -77,7 +77,7 @@ def nonfinite_rule(run: Run) -> list[Finding]:
     if s is not None and first is not None:
         row = np.nan_to_num(s.values[first].astype(np.float64), nan=0.0)
         bad_params = [names[i] for i in np.where(row > 0)[0]]
-    layers = [born] if born else sorted({run.params[names.index(p)]["layer"] for p in bad_params})
+    layers: list[str] = [born] if born else sorted({run.params[names.index(p)]["layer"] for p in bad_params})
     step_txt = f" from step {int(run.steps[first])}" if first is not None and len(run.steps) > first else ""
     evidence = f"non-finite gradients{step_txt} in {len(bad_params)} parameter tensor(s)"
     if bad.any():

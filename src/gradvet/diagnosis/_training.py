@@ -66,7 +66,7 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     rising = went_nonfinite or (np.isfinite(early_l) and late_l > 1.5 * early_l)
     if growth < GROWTH or not rising:
         return []
-    lrs = sorted({p.get("lr") for p in run.params if p.get("lr") is not None})
+    lrs = sorted({float(p["lr"]) for p in run.params if p.get("lr") is not None})
     lr_txt = f" (learning rate {', '.join(f'{x:g}' for x in lrs)})" if lrs else ""
     end = "non-finite" if went_nonfinite else f"{late_l:.3g}"
     evidence = (f"the global gradient norm rose {10 ** growth:.3g}x above its starting level by step "
@@ -135,7 +135,7 @@ def _not_in_optimizer(run: Run) -> list[str]:
     s = run.get("param/grad_norm")
     if s is None or not len(s.steps):
         return []
-    has_grad = np.isfinite(s.values.astype(np.float64)).any(axis=0)
+    has_grad = np.asarray(np.isfinite(s.values.astype(np.float64)).any(axis=0))
     orphan_layers = []
     for layer in run.ordered_layers():
         idx = layer.get("params") or []

@@ -70,7 +70,7 @@ def param_stats(
         for j, i in enumerate(idx):
             cols[0][i], cols[1][i] = l2[j], mx[j]
             if count_nonfinite:
-                cols[2][i] = (~torch.isfinite(gs[j])).sum()  # type: ignore[union-attr]
+                cols[2][i] = (~torch.isfinite(gs[j])).sum()  # type: ignore[arg-type]
             else:
                 cols[2][i] = (~torch.isfinite(l2[j])).to(torch.float32)
     for i, g in enumerate(grads):
