@@ -326,6 +326,10 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
             add(Scenario(f"vanish-mlp-{act}-d{depth}-w{width}-s{seed}", "vanishing/depth",
                          lambda s, a=act, d=depth, w=width: _ce(_seeded(lambda: mlp(d, a, w), s)),
                          ("vanishing_gradients",), "0"))
+        for act, depth in (("tanh", 8), ("identity", 8), ("identity", 12), ("relu", 8)):
+            add(Scenario(f"vanish-default-init-{act}-d{depth}-s{seed}", "vanishing/default-init",
+                         lambda s, a=act, d=depth: _ce(_seeded(lambda: mlp(d, a, 64), s)),
+                         ("vanishing_gradients",), "0"))
         for act, depth in (("sigmoid", 5), ("tanh", 6), ("relu", 6), ("identity", 5)):
             add(Scenario(f"vanish-small-init-{act}-d{depth}-s{seed}", "vanishing/small-init",
                          lambda s, a=act, d=depth: _ce(_seeded(lambda: mlp(d, a, 64, init="small"), s)),
@@ -334,7 +338,7 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
             add(Scenario(f"vanish-cnn-sigmoid-d{depth}-s{seed}", "vanishing/cnn",
                          lambda s, d=depth: _ce(_seeded(lambda: ConvNet(d, "sigmoid"), s), n=128),
                          ("vanishing_gradients",), "features.0"))
-        for depth in (30, 40):
+        for depth in (20, 30, 40):
             add(Scenario(f"vanish-relu-xavier-d{depth}-s{seed}", "vanishing/relu-xavier",
                          lambda s, d=depth: _ce(_seeded(lambda: mlp(d, "relu", 64, init="xavier"), s)),
                          ("vanishing_gradients",), "0"))

@@ -55,11 +55,20 @@ def kinds(run):
      (2e3, [("exploding_gradients", "error")])],
 )
 def test_depth_thresholds_are_ratios_to_the_output_side(first, expected):
-    sig = np.geomspace(first, 1.0, 6)
+    sig = np.geomspace(first, 1.0, 5)
     assert kinds(make_run(sig)) == expected
     # scale-free: multiplying every gradient by 1e-9 (a converged net) or 65536 (AMP) changes nothing
     assert kinds(make_run(sig * 1e-9)) == expected
     assert kinds(make_run(sig * 65536.0)) == expected
+
+
+@pytest.mark.parametrize(
+    "n, total, flagged", [(8, -1.7, True), (8, -1.4, False), (5, -1.9, False), (6, -1.6, True), (20, -1.9, False)]
+)
+def test_steady_decay_over_many_layers(n, total, flagged):
+    """>= 6 layers, <= 0.6x per layer, >= 30x in all: a default-init tanh/linear stack of depth 8."""
+    sig = np.geomspace(10**total, 1.0, n)
+    assert kinds(make_run(sig)) == ([("vanishing_gradients", "warning")] if flagged else [])
 
 
 def test_vanishing_names_the_starved_layers_input_side_first_and_states_the_factor():
