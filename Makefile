@@ -18,7 +18,7 @@ install: venv
 	$(BIN)/pip install -q -e .
 
 install-dev: venv
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,all]"
 
 demo: install
 	$(BIN)/gradvet demo

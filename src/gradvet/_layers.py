@@ -65,12 +65,20 @@ class LayerInfo:
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+def user_class(mod: nn.Module) -> type:
+    """The module's own class, seen through wrappers that subclass it dynamically (FSDP2's ``FSDPLinear``)."""
+    for cls in type(mod).__mro__:
+        if not cls.__name__.startswith("FSDP") or cls.__module__.startswith("torch.distributed") is False:
+            return cls
+    return type(mod)
+
+
 def _is_other_layer(mod: nn.Module) -> bool:
     """Parameter-free leaves and custom modules: tapped so a NaN born in them is located."""
     if isinstance(mod, _CONTAINERS):
         return False
     leaf = next(iter(mod.children()), None) is None
-    custom = not type(mod).__module__.startswith("torch.")
+    custom = not user_class(mod).__module__.startswith("torch.")
     return leaf or custom
 
 
@@ -111,7 +119,7 @@ def discover_layers(
             role = "param"
         info = LayerInfo(
             name=name,
-            type=type(mod).__name__,
+            type=user_class(mod).__name__,
             role=role,
             activation=kind.name if kind is not None else "",
             params=idx,

@@ -39,6 +39,11 @@ from gradvet.stats._layer import N_ACC, derive_layer_stats, grad_stats, output_s
 
 log = logging.getLogger(__name__)
 
+# Module hooks run eagerly under torch.compile: dynamo would otherwise trace them,
+# guard on their Python state (layer order, producer ids) and recompile per call
+# until its recompile limit. Costs ~0.3 us per call in eager mode.
+_eager = torch.compiler.disable
+
 
 def first_tensor(out: Any) -> Optional[Tensor]:
     """The first floating tensor in a module output (tuple outputs of RNN/MHA included)."""
@@ -92,9 +97,14 @@ class LayerTaps:
         self.device: Optional[torch.device] = None
         self._next_order = 0
         self._acc: list[Optional[Tensor]] = [None] * len(infos)
+        # Alive units per layer: one flat mask, one segment per call index within a
+        # forward (a ReLU module used twice has two sets of units); micro-batches OR
+        # into their segment. Flat, so that ranks can OR the masks as they are.
         self._alive: list[Optional[Tensor]] = [None] * len(infos)
+        self._segments: list[dict[int, tuple[int, int]]] = [{} for _ in infos]
+        self._calls = [0] * len(infos)
         self._time: dict[int, Tensor] = {}
-        self._producer: dict[int, tuple[int, Tensor]] = {}
+        self._producer: dict[int, tuple[int, Tensor, int]] = {}
         self._mode: Optional[_FunctionalActivations] = None
 
     # -- wiring -------------------------------------------------------------------------
@@ -109,11 +119,19 @@ class LayerTaps:
                 hooks.add(mod.register_forward_pre_hook(partial(self._rnn_pre, i)))
             hooks.add(mod.register_forward_hook(partial(self._forward, i), always_call=True))
 
+    def _measuring(self) -> bool:
+        # a forward without autograd (validation under no_grad / inference_mode) has no
+        # backward: measuring it would mix its activations into the next training step
+        return self.active and not self.failed and torch.is_grad_enabled()
+
+    @_eager
     def _root_pre(self, module: nn.Module, args: Any) -> None:
-        if self.active and not self.failed and self._mode is None:
+        self._calls = [0] * len(self.infos)
+        if self._measuring() and self._mode is None:
             self._mode = _FunctionalActivations(self)
             self._mode.__enter__()
 
+    @_eager
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._mode is not None:
             mode, self._mode = self._mode, None
@@ -121,8 +139,9 @@ class LayerTaps:
         self._producer.clear()
         self.in_activation_module = 0
 
+    @_eager
     def _act_pre(self, module: nn.Module, args: Any) -> None:
-        if self.active:
+        if self._measuring():
             self.in_activation_module += 1
 
     # -- collection ---------------------------------------------------------------------
@@ -136,12 +155,19 @@ class LayerTaps:
         upd[sl] = value.to(self.device)
         self._acc[i] = acc + upd
 
-    def _add_alive(self, i: int, alive: Tensor) -> None:
-        prev = self._alive[i]
-        self._alive[i] = alive if prev is None or prev.shape != alive.shape else prev | alive
+    def _add_alive(self, i: int, call: int, alive: Tensor) -> None:
+        alive, prev, segs = alive.flatten(), self._alive[i], self._segments[i]
+        seg = segs.get(call)
+        if prev is not None and seg is not None and seg[1] == alive.numel():
+            start, n = seg
+            self._alive[i] = torch.cat([prev[:start], prev[start : start + n] | alive, prev[start + n :]])
+            return
+        segs[call] = (0 if prev is None else prev.numel(), alive.numel())
+        self._alive[i] = alive if prev is None else torch.cat([prev, alive.to(prev.device)])
 
+    @_eager
     def _forward(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.active or self.failed:
+        if not self._measuring():
             return
         info = self.infos[i]
         if info.role == "activation":
@@ -152,11 +178,12 @@ class LayerTaps:
                 return
             if info.order < 0:
                 info.order, self._next_order = self._next_order, self._next_order + 1
+            call, self._calls[i] = self._calls[i], self._calls[i] + 1
             acc, alive = output_stats(y, self.kinds[i], self.threshold, self._unit_dim(i, args, y))
             self._add(i, slice(3, 8), acc)
             if alive is not None:
-                self._add_alive(i, alive)
-            self._producer[id(y)] = (i, y)
+                self._add_alive(i, call, alive)
+            self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 y.register_hook(partial(self._on_grad, i))
         except Exception as e:  # never let measuring break training
@@ -186,7 +213,7 @@ class LayerTaps:
         rec = self._producer.get(id(x))
         if rec is None or rec[1] is not x or self.infos[rec[0]].role != "param":
             return
-        i = rec[0]
+        i, _, call = rec
         try:
             if not self.infos[i].activation:
                 self.infos[i].activation = kind.name
@@ -196,12 +223,13 @@ class LayerTaps:
             sat[3] = acc[3]
             self._add(i, slice(3, 8), sat)
             if alive is not None:
-                self._add_alive(i, alive)
+                self._add_alive(i, call, alive)
         except Exception as e:
             self._fail(e)
 
+    @_eager
     def _rnn_pre(self, i: int, module: nn.Module, args: Any) -> Any:
-        if not (self.active and self.time_profile) or self.failed or not args:
+        if not (self._measuring() and self.time_profile) or not args:
             return None
         x = args[0]
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -258,5 +286,7 @@ class LayerTaps:
             times = {i: t * inv.to(t.device) for i, t in times.items()}
         self._acc = [None] * len(self.infos)
         self._alive = [None] * len(self.infos)
+        self._segments = [{} for _ in self.infos]
+        self._calls = [0] * len(self.infos)
         self._time = {}
         return stats, times

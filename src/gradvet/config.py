@@ -54,7 +54,17 @@ class MonitorConfig:
             raise ValueError(f"MonitorConfig.flush_seconds must be > 0, got {self.flush_seconds!r}")
 
     def replace(self, **changes: object) -> MonitorConfig:
-        """Return a copy with ``changes`` applied (validated)."""
+        """Return a copy with ``changes`` applied (validated).
+
+        Raises:
+            TypeError: a name in ``changes`` is not a field (the message lists the fields).
+        """
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise TypeError(
+                f"unknown MonitorConfig field {unknown[0]!r}; the fields are "
+                f"{', '.join(self.__dataclass_fields__)}"
+            )
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

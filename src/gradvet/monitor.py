@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradvet import _distributed
 from gradvet._hooks import HookSet
 from gradvet._layers import discover_layers, owner_names
 from gradvet._structure import layer_facts, optimizer_lrs
@@ -67,6 +68,10 @@ class Monitor:
             kept in memory (``monitor.run``).
         profile: ``"economy"`` (default), ``"business"``, ``"full"`` or a
             :class:`gradvet.MonitorConfig`.
+        distributed: ``"auto"`` (default): under an initialized ``torch.distributed``
+            with several ranks (DDP or FSDP2 ``fully_shard``), record what one process would
+            record on the global batch, rank 0 writing; ``"off"``: each rank records its
+            own view; or a process group. See :mod:`gradvet._distributed`.
         **overrides: fields of :class:`gradvet.MonitorConfig` to change, e.g.
             ``layer_every=10``.
 
@@ -82,9 +87,10 @@ class Monitor:
         scaler: Any = None,
         record: Optional[PathLike] = None,
         profile: ProfileLike = None,
+        distributed: Any = "auto",
         **overrides: Any,
     ) -> None:
-        self.model = require_module(model, "Monitor")
+        self.model = model = _distributed.unwrap(require_module(model, "Monitor"))
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"Monitor(optimizer=...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
@@ -96,6 +102,7 @@ class Monitor:
             self.config = self.config.replace(**overrides)
         self.optimizer, self.scaler = optimizer, scaler
         self.param_names, self.parameters, self.frozen = trainable_parameters(model, "Monitor")
+        self._dist = _distributed.resolve(distributed, model, self.parameters)
         self._param_index = {id(p): i for i, p in enumerate(self.parameters)}
         infos, modules, kinds = discover_layers(model, self._param_index)
         self.layer_infos = infos
@@ -112,13 +119,15 @@ class Monitor:
         self._update_step: Optional[int] = None
         self._before: Optional[list[Tensor]] = None
         self._meta = self._static_meta()
+        if self._dist is not None:
+            self._meta["distributed"] = self._dist.meta()
         self._facts = [layer_facts(m) for m in modules]
 
     # -- context --------------------------------------------------------------------
     def __enter__(self) -> Monitor:
         if self._entered:
             raise GradvetUsageError("this Monitor is already active; use one `with monitor:` block at a time")
-        if self.record_path is not None and self._writer is None:
+        if self.record_path is not None and self._writer is None and (self._dist is None or self._dist.is_writer):
             self._writer = RecordWriter(self.record_path)
             self._writer.meta(**self._meta)
         elif self.run is not None:
@@ -237,7 +246,7 @@ class Monitor:
         dev = self.parameters[0].device
         gscale = self._grad_scale()
         layer_step = s % self.config.layer_every == 0
-        stats = param_stats(
+        stats = (param_stats if self._dist is None else self._dist.param_stats)(
             self.parameters,
             grads,
             count_nonfinite=self.config.count_nonfinite or layer_step,
@@ -248,13 +257,21 @@ class Monitor:
         buf = self._buf
         buf.setdefault("step", []).append(s)
         nan = torch.full((), float("nan"), device=dev)
-        buf.setdefault("loss", []).append(loss.to(dev) if loss is not None else nan)
+        # non_blocking: a float loss arrives as a CPU scalar; a blocking H2D copy would sync
+        lval = loss.to(dev, non_blocking=True) if loss is not None else nan
+        if self._dist is not None and loss is not None:
+            lval = self._dist.mean_async(lval)  # mean over ranks; waited for in _flush
+        buf.setdefault("loss", []).append(lval)
         buf.setdefault("param", []).append(stats)
         scale = self._scale_tensor()
         if scale is not None:
             buf.setdefault("loss_scale", []).append(scale.detach().float().reshape(()).clone())
         if layer_step:
-            inv = None if gscale is None else 1.0 / gscale.float()
+            # activation gradients carry the scale of the backward even after
+            # scaler.unscale_(opt), which unscales p.grad only
+            inv = None if scale is None else 1.0 / scale.float()
+            if self._dist is not None:
+                self._dist.reduce_taps(self._taps)
             lstats, times = self._taps.collect(inv)
             buf.setdefault("layer_step", []).append(s)
             buf.setdefault("layer", []).append(lstats)
@@ -287,13 +304,18 @@ class Monitor:
         try:
             pairs = self._opt_params()
             now = [p.detach() for _, p in pairs]
-            deltas = torch._foreach_sub(now, before)
-            dn = torch.stack([d.float() for d in torch._foreach_norm(deltas, 2.0)])
-            wn = torch.stack([w.float() for w in torch._foreach_norm(before, 2.0)])
+            if self._dist is not None:
+                dn, wn = self._dist.update_norms(now, before, [i for i, _ in pairs])
+            else:
+                deltas = torch._foreach_sub(now, before)
+                dn = torch.stack([d.float() for d in torch._foreach_norm(deltas, 2.0)])
+                wn = torch.stack([w.float() for w in torch._foreach_norm(before, 2.0)])
             dev = self.parameters[0].device
-            ratio = torch.full((len(self.parameters),), float("nan"), device=dev)
-            idx = torch.tensor([i for i, _ in pairs], device=dev)
-            ratio[idx] = (dn / wn).to(dev)
+            # stacked, not index_put with torch.tensor(indices): that H2D copy would sync
+            cols: list[Tensor] = [torch.full((), float("nan"), device=dev)] * len(self.parameters)
+            for (i, _), r in zip(pairs, (dn / wn).to(dev).unbind(0)):
+                cols[i] = r
+            ratio = torch.stack(cols)
             self._buf.setdefault("update_step", []).append(s)
             self._buf.setdefault("update", []).append(ratio)
         except Exception as e:
@@ -339,6 +361,8 @@ class Monitor:
         if not buf.get("step") and not buf.get("update"):
             return
         blocks: list[tuple[str, np.ndarray, np.ndarray]] = []
+        if self._dist is not None:
+            self._dist.wait()
         # note: the .cpu() calls below are gradvet's one deliberate CPU-GPU sync point.
         if buf.get("step"):
             steps = np.asarray(buf["step"], dtype=np.int64)

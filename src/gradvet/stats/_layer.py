@@ -2,8 +2,8 @@
 
 The hooks only *collect*: each call adds sums into a small device tensor of
 accumulators (so micro-batches of one optimizer step add up exactly, and
-nothing syncs with the host). :func:`derive_layer_stats` turns accumulators into
-the recorded statistics.
+nothing syncs with the host; the sums also add over ranks).
+:func:`derive_layer_stats` turns accumulators into the recorded statistics.
 
 Accumulator columns (float64):
 
@@ -55,6 +55,23 @@ def grad_stats(g: Tensor) -> Tensor:
     )
 
 
+def _raw_moments(yf: Tensor, finite: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum y, sum y^2)`` in float64, accurate also when the mean dwarfs the spread.
+
+    float32 sums of ``y`` and ``y^2`` make ``E[y^2] - E[y]^2`` cancel catastrophically
+    for, e.g., saturated sigmoid outputs (mean ~1, std ~1e-5). The sums are taken
+    around a pilot mean ``c`` in float32 and shifted back in float64 (the shifted-data
+    algorithm, Chan, Golub & LeVeque 1983), keeping the accumulators additive over
+    micro-batches and ranks without a float64 copy of the activation.
+    """
+    c = yf.sum() / count.clamp_min(1).float()
+    d = torch.where(finite, yf - c, torch.zeros((), device=yf.device))
+    s1 = d.sum().double()
+    s2 = torch.linalg.vector_norm(d).double().square()
+    c64 = c.double()
+    return s1 + count * c64, s2 + 2 * c64 * s1 + count * c64.square()
+
+
 def output_stats(
     y: Tensor, kind: Optional[ActivationKind], threshold: float, unit_dim: int
 ) -> tuple[Tensor, Optional[Tensor]]:
@@ -75,11 +92,13 @@ def output_stats(
     finite = torch.isfinite(y32)
     yf = torch.where(finite, y32, torch.zeros((), device=y.device))
     sat = kind.saturated(y32, threshold).sum() if kind and kind.saturated else yf.new_zeros(())
+    count = finite.sum().double()
+    total, squares = _raw_moments(yf, finite, count)
     acc = torch.stack(
         [
-            yf.sum().double(),
-            yf.square().sum().double(),
-            finite.sum().double(),
+            total,
+            squares,
+            count,
             sat.double(),
             (~finite).sum().double(),
         ]

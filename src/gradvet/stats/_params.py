@@ -31,6 +31,12 @@ def _group(tensors: Sequence[Optional[Tensor]]) -> dict[tuple, list[int]]:
 
 def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     # _foreach_norm exists since torch 1.13; it is the same kernel clip_grad_norm_ uses.
+    if tensors and tensors[0].dtype in (torch.float16, torch.bfloat16):
+        # a half-precision result keeps 3 significant digits: accumulate and return float32
+        try:
+            return list(torch._foreach_norm(tensors, ord, dtype=torch.float32))
+        except TypeError:  # torch < 2.4 has no dtype argument
+            return [torch.linalg.vector_norm(t, ord, dtype=torch.float32) for t in tensors]
     return list(torch._foreach_norm(tensors, ord))
 
 
