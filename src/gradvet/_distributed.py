@@ -166,7 +166,12 @@ def unpack_vectors(flat: Tensor, lengths: Tensor) -> list[Optional[Tensor]]:
 
 
 def local_param_stats(
-    params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], *, count_nonfinite: bool, device: torch.device
+    params: Sequence[Tensor],
+    grads: Sequence[Optional[Tensor]],
+    *,
+    count_nonfinite: bool,
+    device: torch.device,
+    extended: bool = True,
 ) -> Tensor:
     """:func:`gradvet.stats.param_stats` of local shards; empty shards give zeros.
 
@@ -180,7 +185,8 @@ def local_param_stats(
     out[[i for i, g in enumerate(lg) if g is None], :3] = float("nan")
     if keep:
         sub = param_stats(
-            [lp[i] for i in keep], [lg[i] for i in keep], count_nonfinite=count_nonfinite, device=device
+            [lp[i] for i in keep], [lg[i] for i in keep], count_nonfinite=count_nonfinite, device=device,
+            extended=extended,
         )
         out[keep] = sub
     return out
@@ -247,11 +253,13 @@ class Distributed:
         count_nonfinite: bool,
         grad_scale: Optional[Tensor],
         device: torch.device,
+        extended: bool = True,
     ) -> Tensor:
         """Global per-parameter ``[P, 4]`` statistics (no collective under DDP)."""
         if not self.sharded:
-            return param_stats(params, grads, count_nonfinite=count_nonfinite, grad_scale=grad_scale, device=device)
-        mine = local_param_stats(params, grads, count_nonfinite=count_nonfinite, device=device)
+            return param_stats(params, grads, count_nonfinite=count_nonfinite, grad_scale=grad_scale, device=device,
+                               extended=extended)
+        mine = local_param_stats(params, grads, count_nonfinite=count_nonfinite, device=device, extended=extended)
         out = combine_param_stats(self._gather(mine), self._weights, count_nonfinite).to(device)
         if grad_scale is not None:
             out[:, :2] = out[:, :2] / grad_scale.to(device, torch.float32)

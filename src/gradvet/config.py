@@ -21,6 +21,8 @@ class MonitorConfig:
             per-time-step gradients) every this many optimizer steps; step 0 always.
         update_every: measure update-to-weight ratios every this many steps
             (needs a copy of the weights for the duration of ``optimizer.step``).
+        param_every: compute max |g| and the parameter norm every this many steps (the
+            gradient L2 norm and the non-finite flag are computed every step).
         count_nonfinite: count non-finite gradient entries per parameter every step
             (one extra read of each gradient); otherwise only on layer steps.
         time_profile: record the gradient reaching each time step of recurrent layers.
@@ -34,6 +36,7 @@ class MonitorConfig:
 
     layer_every: int = 50  # per-layer taps period (steps)
     update_every: int = 50  # update/weight ratio period (steps)
+    param_every: int = 1  # max |g| and parameter-norm period (steps); the L2 norm is every step
     count_nonfinite: bool = True  # per-parameter non-finite counts every step
     time_profile: bool = True  # per-time-step gradients of RNN/LSTM/GRU inputs
     saturation_threshold: float = 0.1  # fraction of the max derivative
@@ -41,7 +44,7 @@ class MonitorConfig:
     flush_seconds: float = 10.0  # wall-clock bound on record loss after a crash
 
     def __post_init__(self) -> None:
-        for name in ("layer_every", "update_every", "flush_every"):
+        for name in ("layer_every", "update_every", "param_every", "flush_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"MonitorConfig.{name} must be an int >= 1, got {value!r}")
@@ -70,7 +73,7 @@ class MonitorConfig:
 
 #: Profiles ordered by cost. ``default`` is ``economy``.
 PROFILES: dict[str, MonitorConfig] = {
-    "economy": MonitorConfig(layer_every=50, update_every=50, count_nonfinite=False),
+    "economy": MonitorConfig(layer_every=50, update_every=50, param_every=10, count_nonfinite=False),
     "business": MonitorConfig(layer_every=10, update_every=10, count_nonfinite=True),
     "full": MonitorConfig(layer_every=1, update_every=1, count_nonfinite=True),
 }

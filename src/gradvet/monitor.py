@@ -252,6 +252,7 @@ class Monitor:
             count_nonfinite=self.config.count_nonfinite or layer_step,
             grad_scale=gscale,
             device=dev,
+            extended=layer_step or s % self.config.param_every == 0 or s % self.config.update_every == 0,
         )
         self._last_stats = stats
         buf = self._buf

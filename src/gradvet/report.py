@@ -137,6 +137,20 @@ def _last_row(run: Run, metric: str) -> Optional[np.ndarray]:
     return s.values[-1]
 
 
+def _last_finite(run: Run, metric: str) -> Optional[np.ndarray]:
+    """Per column, the last finite value (profiles may compute a column on some steps only)."""
+    s = run.get(metric)
+    if s is None or len(s.steps) == 0 or s.values.ndim != 2:
+        return None
+    v = s.values.astype(np.float64)
+    ok = np.isfinite(v)
+    last = np.where(ok.any(axis=0), v.shape[0] - 1 - np.argmax(ok[::-1], axis=0), -1)
+    out = np.full(v.shape[1], np.nan)
+    cols = np.where(last >= 0)[0]
+    out[cols] = v[last[cols], cols]
+    return out
+
+
 def _layer_param_norm(row: Optional[np.ndarray], idx: list[int]) -> Optional[float]:
     if row is None or not idx:
         return None
@@ -149,7 +163,7 @@ def _layer_param_norm(row: Optional[np.ndarray], idx: list[int]) -> Optional[flo
 def layer_reports(run: Run) -> list[LayerReport]:
     """Per-layer summaries (last recorded values), input side first."""
     gn = _last_row(run, "param/grad_norm")
-    pn = _last_row(run, "param/param_norm")
+    pn = _last_finite(run, "param/param_norm")
     lrow = {name: _last_row(run, f"layer/{name}") for name in
             ("grad_norm", "grad_rms", "act_mean", "act_std", "sat_frac", "dead_frac")}
     upd = run.get("param/update_ratio")

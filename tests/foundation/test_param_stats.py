@@ -240,3 +240,29 @@ def test_half_precision_parameters_keep_float32_accuracy(device, dtype):
     # norms of the half-precision tensors, computed in float64: a half-precision
     # result (3 significant digits for bfloat16) would miss by up to 0.4%
     np.testing.assert_allclose(got, _expected(params, grads), rtol=2e-6)
+
+
+def test_economy_off_steps_record_the_l2_norm_only(device):
+    """param_every=3: max |g| and ||W|| on steps 0, 3; the L2 norm on every step, equal to p.grad.norm()."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(6, 4, device=device)
+    expected = []
+    with gradvet.Monitor(model, optimizer=opt, layer_every=100, update_every=100, param_every=3) as monitor:
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            expected.append([p.grad.norm().item() for p in model.parameters()])
+            monitor.step()
+            opt.step()
+    run = monitor.run
+    np.testing.assert_allclose(run.series("param/grad_norm").values, np.array(expected), rtol=1e-5)
+    mx = run.series("param/grad_max").values
+    pn = run.series("param/param_norm").values
+    assert np.isfinite(mx[[0, 3]]).all() and np.isnan(mx[[1, 2, 4]]).all()
+    assert np.isfinite(pn[[0, 3]]).all() and np.isnan(pn[[1, 2, 4]]).all()
+    # the report falls back on the last step that has a parameter norm
+    rep = monitor.report()
+    w = [p.detach() for p in model[0].parameters()]
+    assert rep.layer("0").param_norm is not None

@@ -37,7 +37,18 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
             return list(torch._foreach_norm(tensors, ord, dtype=torch.float32))
         except TypeError:  # torch < 2.4 has no dtype argument
             return [torch.linalg.vector_norm(t, ord, dtype=torch.float32) for t in tensors]
+    if ord == float("inf") and tensors and tensors[0].device.type == "cpu":
+        # On CPU the fused inf-norm takes a slow path (3.0 ms vs 0.2 ms with aminmax on an
+        # 8x512 MLP's gradients); aminmax reads each tensor once and keeps NaN.
+        return [_cpu_absmax(t) for t in tensors]
     return list(torch._foreach_norm(tensors, ord))
+
+
+def _cpu_absmax(t: Tensor) -> Tensor:
+    if t.numel() == 0:
+        return t.new_zeros(())
+    lo, hi = torch.aminmax(t)
+    return torch.maximum(hi, -lo)
 
 
 def param_stats(
@@ -47,6 +58,7 @@ def param_stats(
     count_nonfinite: bool = True,
     grad_scale: Optional[Tensor] = None,
     device: Optional[torch.device] = None,
+    extended: bool = True,
 ) -> Tensor:
     """Compute per-parameter statistics as a float32 tensor of shape ``[P, 4]``.
 
@@ -59,6 +71,9 @@ def param_stats(
         grad_scale: optional scalar tensor the gradients are multiplied by (an AMP loss
             scale); gradient columns are divided by it to report true units.
         device: device of the result (defaults to the first parameter's).
+        extended: also compute max |g| and the parameter norm (two more reads of each
+            gradient and parameter). When False those columns are NaN and only the L2
+            norm and the non-finite flag are computed: the economy profile's off steps.
 
     Returns:
         Tensor ``[P, 4]`` with columns :data:`PARAM_STATS`; NaN gradient columns for
@@ -68,6 +83,11 @@ def param_stats(
         raise ValueError(f"params and grads differ in length: {len(params)} vs {len(grads)}")
     device = device or (params[0].device if params else torch.device("cpu"))
     n = len(params)
+    if not extended:
+        return _unscale(_l2_only(grads, device), grad_scale, device)
+    fast = _fast_path(params, grads, count_nonfinite, device)
+    if fast is not None:
+        return _unscale(fast, grad_scale, device)
     cols: list[list[Optional[Tensor]]] = [[None] * n for _ in PARAM_STATS]
     for (_, _), idx in _group(grads).items():
         gs = [grads[i] for i in idx]  # type: ignore[misc]
@@ -96,8 +116,54 @@ def param_stats(
         torch.stack([(v if v is not None else nan).to(device, torch.float32) for v in col])
         for col in cols
     ]
-    out = torch.stack(columns, dim=1)
+    return _unscale(torch.stack(columns, dim=1), grad_scale, device)
+
+
+def _unscale(out: Tensor, grad_scale: Optional[Tensor], device: torch.device) -> Tensor:
     if grad_scale is not None:
         inv = 1.0 / grad_scale.to(device, torch.float32)
         out[:, :2] = out[:, :2] * inv
     return out
+
+
+def _l2_only(grads: Sequence[Optional[Tensor]], device: torch.device) -> Tensor:
+    """``[P, 4]`` with the L2 norm, the non-finite flag, and NaN elsewhere (one read per gradient)."""
+    l2: list[Optional[Tensor]] = [None] * len(grads)
+    for (_, _), idx in _group(grads).items():
+        for i, v in zip(idx, _foreach_norm([grads[i] for i in idx], 2.0)):  # type: ignore[misc]
+            l2[i] = v
+    for i, g in enumerate(grads):
+        if g is not None and g.is_sparse:
+            l2[i] = torch.linalg.vector_norm(g.coalesce().values().float())
+    nan = torch.full((), float("nan"), device=device)
+    if not grads:
+        return torch.empty(0, len(PARAM_STATS), device=device)
+    col = torch.stack([(v if v is not None else nan).to(device, torch.float32) for v in l2])
+    flag = (~torch.isfinite(col)).float()
+    missing = [i for i, g in enumerate(grads) if g is None]
+    if missing:  # "no gradient" is NaN, not a non-finite gradient
+        flag[missing] = float("nan")
+    nans = torch.full_like(col, float("nan"))
+    return torch.stack([col, nans, flag, nans], dim=1)
+
+
+def _fast_path(
+    params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], count_nonfinite: bool, device: torch.device
+) -> Optional[Tensor]:
+    """The common case in a handful of kernels: every gradient present, dense, one device and dtype."""
+    if not params or any(g is None or g.is_sparse for g in grads):
+        return None
+    key = (grads[0].device, grads[0].dtype)  # type: ignore[union-attr]
+    if key[0] != device or any((g.device, g.dtype) != key for g in grads):  # type: ignore[union-attr]
+        return None
+    if any((p.device, p.dtype) != key for p in params):
+        return None
+    gs: list[Tensor] = list(grads)  # type: ignore[arg-type]
+    l2 = torch.stack(_foreach_norm(gs, 2.0)).float()
+    mx = torch.stack(_foreach_norm(gs, float("inf"))).float()
+    pn = torch.stack(_foreach_norm([p.detach() for p in params], 2.0)).float()
+    if count_nonfinite:
+        nf = torch.stack([(~torch.isfinite(g)).sum() for g in gs]).float()
+    else:
+        nf = (~torch.isfinite(l2)).float()
+    return torch.stack([l2, mx, nf, pn], dim=1)
