@@ -211,6 +211,31 @@ class ConvNet(nn.Module):
         return self.head(self.features(x.view(-1, 1, 8, 8)).flatten(1))
 
 
+class ResConvBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the identity, then ReLU (He et al., 2016)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class ResCNN(nn.Module):
+    """A small ResNet on 8x8 digits."""
+
+    def __init__(self, blocks: int = 6, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResConvBlock(c) for _ in range(blocks)])
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x.view(-1, 1, 8, 8))).mean((2, 3)))
+
+
 class SeqModel(nn.Module):
     """Recurrent layer + linear head on the last time step."""
 
@@ -309,6 +334,14 @@ def _ce(model: nn.Module, n: int = 256, scale: float = 1.0, seed: int = 0) -> tu
     return model, digits(n, seed, scale), F.cross_entropy
 
 
+def _tf(seed: int, n_layers: int, norm_first: bool = True) -> tuple[nn.Module, Batch, Callable]:
+    torch.manual_seed(seed)
+    model = TinyTransformer(n_layers, norm_first=norm_first)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 50, (32, 16), generator=g)
+    return model, (x, (x[:, 0] % 2)), F.cross_entropy
+
+
 def _seeded(fn: Callable[[], nn.Module], seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return fn()
@@ -404,6 +437,13 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
                          lambda s, a=act: _ce(_seeded(lambda: mlp(10, a, 64, "he"), s))))
         add(Scenario(f"healthy-ln-relu-d12-s{seed}", "healthy/layernorm",
                      lambda s: _ce(_seeded(lambda: mlp(12, "relu", 64, "he", norm="layer"), s))))
+        for blocks in (6, 12):
+            add(Scenario(f"healthy-resnet-cnn-b{blocks}-s{seed}", "healthy/residual",
+                         lambda s, b=blocks: _ce(_seeded(lambda: ResCNN(b), s), n=128)))
+        add(Scenario(f"healthy-cnn-bn-sigmoid-d10-s{seed}", "healthy/bn-sigmoid",
+                     lambda s: _ce(_seeded(lambda: ConvNet(10, "sigmoid", bn=True), s), n=128)))
+        add(Scenario(f"healthy-postln-transformer-L2-s{seed}", "healthy/pre-ln",
+                     lambda s: _tf(s, 2, norm_first=False)))
         add(Scenario(f"healthy-cnn-he-relu-s{seed}", "healthy/cnn",
                      lambda s: _ce(_seeded(lambda: ConvNet(4, "relu", init="he"), s), n=128)))
         add(Scenario(f"healthy-adam-training-s{seed}", "healthy/training",
