@@ -149,7 +149,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(c, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    Console(width=max(120, len(title) + 4)).print(table)
+    Console(width=max(170, len(title) + 4)).print(table)
 
 
 def write_json(path: Optional[str], data: dict[str, Any]) -> None:

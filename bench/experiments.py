@@ -123,6 +123,62 @@ def p3_hooks_bypass_mode() -> Iterator[None]:
         LayerTaps._forward = original  # type: ignore[method-assign]
 
 
+# -- P5: per-layer statistics skip the finite masks when the plain sums are finite (CPU) --
+@contextlib.contextmanager
+def p5_finite_fast_path() -> Iterator[None]:
+    import gradvet._taps as taps
+
+    orig_grad, orig_out = taps.grad_stats, taps.output_stats
+
+    def grad_stats(g: torch.Tensor) -> torch.Tensor:
+        if g.device.type != "cpu":
+            return orig_grad(g)
+        flat = g.detach().float().reshape(-1)
+        sq = torch.dot(flat, flat).double()  # one read of g, no temporary
+        if not torch.isfinite(sq):  # host branch: free on the CPU
+            return orig_grad(g)
+        zero = torch.zeros((), dtype=torch.float64)
+        return torch.stack([sq, torch.full((), float(g.numel()), dtype=torch.float64), zero])
+
+    def output_stats(y: torch.Tensor, kind: Any, threshold: float, unit_dim: int) -> Any:
+        y32 = y.detach().float()
+        if y.device.type != "cpu" or y32.numel() == 0:
+            return orig_out(y, kind, threshold, unit_dim)
+        total = y32.sum()
+        if not torch.isfinite(total):
+            return orig_out(y, kind, threshold, unit_dim)
+        n = float(y32.numel())
+        c = total / n
+        d = y32 - c  # shifted data (Chan, Golub & LeVeque 1983), as the engine does
+        s1 = d.sum().double()
+        s2 = torch.dot(d.reshape(-1), d.reshape(-1)).double()
+        c64, count = c.double(), torch.tensor(n, dtype=torch.float64)
+        if not torch.isfinite(s2):  # an overflow in y^2: let the engine handle it
+            return orig_out(y, kind, threshold, unit_dim)
+        sat = kind.saturated(y32, threshold).sum() if kind and kind.saturated else torch.zeros(())
+        acc = torch.stack(
+            [
+                s1 + count * c64,
+                s2 + 2 * c64 * s1 + count * c64.square(),
+                count,
+                sat.double(),
+                torch.zeros((), dtype=torch.float64),
+            ]
+        )
+        alive = None
+        if kind is not None and kind.can_die and y.dim() >= 1:
+            dim = unit_dim % y.dim()
+            other = tuple(i for i in range(y.dim()) if i != dim)
+            alive = (y32 != 0).any(dim=other) if other else y32 != 0
+        return acc, alive
+
+    taps.grad_stats, taps.output_stats = grad_stats, output_stats
+    try:
+        yield
+    finally:
+        taps.grad_stats, taps.output_stats = orig_grad, orig_out
+
+
 # -- P4 (ablation of a design choice): no functional-activation mode at all -------------
 @contextlib.contextmanager
 def no_function_mode() -> Iterator[None]:
@@ -158,7 +214,14 @@ EXPERIMENTS: dict[str, tuple[Optional[str], dict[str, Any], list[Patch]]] = {
     "full + P1 (update in place)": ("full", {}, [p1_update_in_place]),
     "full + P2 (lazy non-finite count)": ("full", {}, [p2_lazy_nonfinite]),
     "full + P3 (hooks bypass mode)": ("full", {}, [p3_hooks_bypass_mode]),
+    "full + P5 (finite fast path)": ("full", {}, [p5_finite_fast_path]),
     "full + P1+P2+P3": ("full", {}, [p1_update_in_place, p2_lazy_nonfinite, p3_hooks_bypass_mode]),
+    "full + P1+P2+P3+P5": (
+        "full",
+        {},
+        [p1_update_in_place, p2_lazy_nonfinite, p3_hooks_bypass_mode, p5_finite_fast_path],
+    ),
+    "economy + P1+P5": ("economy", {}, [p1_update_in_place, p5_finite_fast_path]),
 }
 
 

@@ -68,8 +68,10 @@ def _digits_arrays(test_fraction: float, seed: int) -> Split:
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     x_tr_t, x_te_t = torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32)
-    # Constant pixels (the image border) have std 0: the +1e-6 keeps them at 0, not NaN.
-    mean, std = x_tr_t.mean(0), x_tr_t.std(0) + 1e-6
+    # Pixels that are constant in the training images (the border) have std 0: divide
+    # those by 1, not by ~0, or a rare non-zero test pixel becomes a huge input.
+    mean, std = x_tr_t.mean(0), x_tr_t.std(0)
+    std = torch.where(std > 1e-3, std, torch.ones_like(std))
     return Split(
         x_train=(x_tr_t - mean) / std,
         y_train=torch.tensor(y_tr, dtype=torch.int64),
