@@ -6,8 +6,10 @@ The everyday API::
     with gradvet.Monitor(model, optimizer=opt, record="runs/exp1.gradvet") as monitor:
         ...; loss.backward(); monitor.step(loss); opt.step()
     run = gradvet.load("runs/exp1.gradvet")
+    result = gradvet.treat(model, (inputs, targets), loss_fn)   # remedies, measured again
 """
 
+from gradvet import remedies
 from gradvet._version import __version__
 from gradvet.check import check
 from gradvet.config import PROFILES, MonitorConfig
@@ -16,9 +18,11 @@ from gradvet.findings import KINDS, Cause, Finding, Remedy
 from gradvet.monitor import Monitor
 from gradvet.record import Run, load
 from gradvet.report import LayerReport, Report
+from gradvet.treat import Attempt, TreatResult, treat
 
 __all__ = [
     "KINDS",
+    "Attempt",
     "PROFILES",
     "Cause",
     "Finding",
@@ -28,8 +32,11 @@ __all__ = [
     "MonitorConfig",
     "Remedy",
     "Report",
+    "TreatResult",
     "Run",
     "__version__",
     "check",
     "load",
+    "remedies",
+    "treat",
 ]

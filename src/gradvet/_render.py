@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any, Optional
 
@@ -85,6 +86,6 @@ def render_report(report: Any) -> Any:
 
 
 def report_to_text(report: Any, width: int = 120) -> str:
-    console = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)  # noqa: SIM115
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(report)
     return console.export_text()

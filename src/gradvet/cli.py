@@ -186,22 +186,45 @@ def watch(
 @app.command()
 def treat(
     factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="save the treated model (torch.save)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="save the treated model (torch.save)"),
+    remedy: Optional[list[str]] = typer.Option(
+        None, "--remedy", "-r", help="remedy id to try instead of the diagnosis's ranking (repeatable)"
+    ),
+    max_remedies: int = typer.Option(6, "--max-remedies", help="try at most this many remedies"),
+    as_json: bool = typer.Option(False, "--json", help="print the before/after reports and attempts as JSON"),
 ) -> None:
-    """Diagnose, apply remedies, re-check; print a before/after table."""
+    """Diagnose, apply remedies one at a time, re-check; print a before/after table.
+
+    Exit code 0 when the treated model's re-check is healthy, 1 when it is not.
+    """
     from gradvet.treat import treat as _treat
 
     model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
-    result = _treat(model, batch, loss_fn)
-    from gradvet._render_treat import render_treat
+    try:
+        result = _treat(model, batch, loss_fn, remedies=remedy or None, max_remedies=max_remedies)
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    if as_json:
+        import dataclasses
 
-    console.print(render_treat(result))
+        payload = {
+            "healthy": result.healthy,
+            "before": result.before.to_dict(),
+            "after": result.after.to_dict(),
+            "attempts": [dataclasses.asdict(a) for a in result.attempts],
+            "applied": [{"id": r.id, "changes": [dataclasses.asdict(c) for c in r.changes]} for r in result.applied],
+            "prescriptions": [r.id for r in result.prescriptions],
+        }
+        typer.echo(json.dumps(payload, default=str, indent=1))
+    else:
+        console.print(result)
     if out is not None:
         import torch
 
         torch.save(result.model, out)
-        console.print(f"saved treated model to {out}")
-    raise typer.Exit(0 if result.after.healthy else 1)
+        if not as_json:
+            console.print(f"saved treated model to {out} (load with torch.load(path, weights_only=False))")
+    raise typer.Exit(0 if result.healthy else 1)
 
 
 def main() -> None:

@@ -24,6 +24,11 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         _APPLY,
     ),
     "activation:gelu": ("use GELU, a smooth non-saturating activation (Hendrycks & Gimpel, 2016)", _APPLY),
+    "activation:silu": ("use SiLU/Swish, x * sigmoid(x) (Elfwing et al., 2018; Ramachandran et al., 2017)", _APPLY),
+    "activation:elu": ("use ELU, whose negative side keeps a gradient and a mean near zero (Clevert et al., 2016)",
+                       _APPLY),
+    "activation:selu": ("use SELU, self-normalising with LeCun-normal init (Klambauer et al., 2017)", _APPLY),
+    "activation:mish": ("use Mish, x * tanh(softplus(x)) (Misra, 2019)", _APPLY),
     "init:kaiming": (
         "He/Kaiming init, std = sqrt(2/fan_in), keeps the signal's variance through ReLU layers "
         "(He et al., 2015)",
@@ -52,7 +57,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "init:chrono": (
         "chrono init: forget-gate biases log(U(1, T-1)) match the memory to the sequence length "
         "(Tallec & Ollivier, 2018)",
-        _APPLY,
+        "model = gradvet.remedies.apply_remedy('init:chrono', model, batch=batch).model  # T from the batch",
     ),
     "init:zero_residual": (
         "zero-init the last layer of each residual branch so every block starts as the identity "
@@ -70,6 +75,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         _APPLY,
     ),
     "norm:layer": ("insert LayerNorm after each Linear (Ba et al., 2016)", _APPLY),
+    "norm:rms": ("insert RMSNorm after each Linear (Zhang & Sennrich, 2019)", _APPLY),
     "residual": (
         "add skip connections x + f(x): the identity path carries the gradient past every block "
         "(He et al., 2016)",
@@ -79,6 +85,15 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "clip the global gradient norm before optimizer.step() (Pascanu et al., 2013)",
         "clip = gradvet.remedies.clip_by_global_norm(1.0)\n"
         "...; loss.backward(); monitor.step(loss); clip(monitor.parameters, norms=monitor.last_grad_norms); opt.step()",
+    ),
+    "clip:value": (
+        "clamp every gradient entry to [-c, c] (Mikolov, 2012)",
+        "clip = gradvet.remedies.clip_by_value(1.0)\n...; loss.backward(); clip(list(model.parameters())); opt.step()",
+    ),
+    "clip:autoclip": (
+        "AutoClip: clip to a percentile of the gradient-norm history, no threshold to tune "
+        "(Seetharaman et al., 2020)",
+        "clip = gradvet.remedies.autoclip(10.0)\n...; loss.backward(); clip(list(model.parameters())); opt.step()",
     ),
     "clip:agc": (
         "adaptive gradient clipping: cap each unit's gradient relative to its weight norm (Brock et al., 2021)",

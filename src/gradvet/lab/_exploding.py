@@ -17,11 +17,11 @@ from torch import nn
 from gradvet.data import digits
 from gradvet.html import bar_chart, lines_chart
 from gradvet.html._data import spans_decades
-from gradvet.lab._clip import norm_clip, resolve_agc, value_clip
 from gradvet.lab._context import LabContext, maybe, slug
 from gradvet.lab._models import MLP
 from gradvet.lab._train import TrainSpec, accuracy, sample_batches, train
 from gradvet.record._run import Run
+from gradvet.remedies import adaptive_clip, clip_by_global_norm, clip_by_value
 
 NAME = "exploding"
 DEPTH = 10
@@ -45,15 +45,16 @@ def total_grad_norm(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 def run(ctx: LabContext) -> dict[str, Any]:
     data, ce = digits(), nn.functional.cross_entropy
-    agc, agc_source = resolve_agc(0.01)
-    clips = dict(zip(CLIPS, (None, norm_clip(1.0), value_clip(0.01), agc)))
+    # Factories, not objects: each run gets a fresh transform (their state counts clips).
+    clips = dict(zip(CLIPS, (None, lambda: clip_by_global_norm(1.0), lambda: clip_by_value(0.01),
+                             lambda: adaptive_clip(0.01))))
     out: dict[str, Any] = {}
     for case, (kwargs, lr) in CASES.items():
         out[case] = {}
         for clip_name, clip in clips.items():
             torch.manual_seed(ctx.seed)
             model = MLP(DEPTH, "relu", "he", **kwargs)
-            spec = TrainSpec(steps=ctx.config.explode_steps, lr=lr, momentum=0.0, layer_every=10, clip=clip)
+            spec = TrainSpec(steps=ctx.config.explode_steps, lr=lr, momentum=0.0, layer_every=10, clip=clip() if clip else None)
             path = ctx.record(NAME, f"{slug(case)}--{slug(clip_name)}")
             result = train(model, sample_batches(data.x_train, data.y_train), ce, spec, path, ctx.seed)
             _, norms = total_grad_norm(ctx.load(ctx.rel(path)))
@@ -68,7 +69,7 @@ def run(ctx: LabContext) -> dict[str, Any]:
                 "findings": result.report.kinds(),
             }
             ctx.advance(1)
-    return {"depth": DEPTH, "steps": ctx.config.explode_steps, "agc": agc_source, "cases": out}
+    return {"depth": DEPTH, "steps": ctx.config.explode_steps, "cases": out}
 
 
 def charts(res: dict[str, Any], ctx: LabContext) -> list[Any]:
@@ -105,4 +106,4 @@ def summary(res: dict[str, Any]) -> str:
         items = [f"{clip}: " + (f"diverged at step {r['diverged_at']}" if r["diverged_at"] is not None
                                 else f"loss {r['final_loss']:.3f}") for clip, r in runs.items()]
         parts.append(f"<b>{case}</b>: " + "; ".join(items))
-    return "<br>".join(parts) + f"<br>AGC implementation used: <code>{res['agc']}</code>."
+    return "<br>".join(parts)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import gradvet
 
 #: ``(params) -> None``: transforms gradients in place between backward and the step.
-GradTransform = Callable[[list[nn.Parameter]], None]
+GradTransform = Callable[[list[nn.Parameter]], object]
 Batches = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
 

@@ -1,0 +1,227 @@
+"""``gradvet.treat``: diagnose, apply the ranked remedies one at a time, measure again.
+
+Each remedy the diagnosis ranks is tried on a copy of the model and re-checked on
+the same batch; it is kept only when the re-check is measurably better (fewer or
+milder findings, or a gradient signal that spans fewer decades across layers or
+time steps), and the loop stops as soon as the re-check is healthy. Nothing is
+reported as fixed that was not measured: ``result.after`` is the re-check of the
+returned model, and ``result.healthy`` is its verdict.
+
+Remedies that change the training loop rather than the model (clipping, learning
+rate, optimizer, data) are never applied silently; the ones that still matter
+after treatment are returned in ``result.prescriptions`` with their snippets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from gradvet._validate import require_module
+from gradvet.check import check
+from gradvet.errors import GradvetUsageError
+from gradvet.findings import Remedy
+from gradvet.report import Report
+
+_SEVERITY_COST = {"error": 10.0, "warning": 3.0, "info": 0.0}
+_MIN_GAIN = 0.25  # a remedy must lower the badness by this much to be kept
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One remedy tried by :func:`treat`.
+
+    Attributes:
+        remedy: the remedy id.
+        outcome: ``"kept"``, ``"reverted"`` (re-check not better), ``"no change"``
+            (already applied) or ``"not applicable"``.
+        reason: why (the remedy's refusal, or the badness before -> after).
+        badness_before, badness_after: the score compared (see :func:`badness`).
+        kinds_after: finding kinds of the re-check (empty when not measured).
+    """
+
+    remedy: str
+    outcome: str
+    reason: str = ""
+    badness_before: Optional[float] = None
+    badness_after: Optional[float] = None
+    kinds_after: tuple[str, ...] = ()
+
+
+@dataclass
+class TreatResult:
+    """What :func:`treat` did and measured.
+
+    Attributes:
+        model: the treated model (a copy unless ``inplace=True``).
+        applied: the kept remedies, each a ``gradvet.remedies.RemedyResult`` listing
+            what it changed (module, old -> new).
+        attempts: every remedy tried, in order, with its outcome.
+        before, after: the reports of the original and of the treated model.
+        prescriptions: training-loop remedies (clipping, learning rate, optimizer,
+            data) for the findings that remain, to apply by hand.
+    """
+
+    model: nn.Module
+    applied: list[Any]
+    attempts: list[Attempt]
+    before: Report
+    after: Report
+    prescriptions: list[Remedy] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """The re-check's verdict on the treated model."""
+        return self.after.healthy
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from gradvet._render_treat import render_treat
+
+        yield render_treat(self)
+
+
+def _spread(values: Sequence[Optional[float]]) -> float:
+    """Decades between the largest and the smallest finite positive value."""
+    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    return max(logs) - min(logs) if len(logs) >= 2 else 0.0
+
+
+def badness(report: Report) -> float:
+    """A score to compare re-checks of the same model: lower is healthier.
+
+    10 per error and 3 per warning finding, plus the number of decades spanned by
+    the gradient signal ``||dL/d out||`` (per element) across the parameterised
+    layers, plus the decades spanned by each recurrent layer's per-time-step
+    profile. A non-finite loss or signal counts as an error.
+    """
+    score = sum(_SEVERITY_COST.get(f.severity, 0.0) for f in report.findings)
+    params = [layer for layer in report.layers if layer.role == "param"]
+    score += _spread([layer.signal_rms for layer in params])
+    for layer in report.layers:
+        if layer.time_profile:
+            score += _spread(layer.time_profile)
+    if report.loss is not None and not math.isfinite(report.loss):
+        score += _SEVERITY_COST["error"]
+    return score
+
+
+def ranked_remedies(report: Report) -> list[Remedy]:
+    """The remedies of ``report``'s warning/error findings, most severe finding first,
+    each finding's remedies by score, each id once."""
+    seen: set[str] = set()
+    out: list[Remedy] = []
+    for finding in report.findings:
+        if finding.severity == "info":
+            continue
+        for rem in sorted(finding.remedies, key=lambda r: -r.score):
+            if rem.id not in seen:
+                seen.add(rem.id)
+                out.append(rem)
+    return out
+
+
+def treat(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    *,
+    remedies: Optional[Sequence[str]] = None,
+    max_remedies: int = 6,
+    inplace: bool = False,
+    **check_kwargs: Any,
+) -> TreatResult:
+    """Diagnose ``model``, apply the ranked remedies until the re-check is healthy.
+
+    Args:
+        model: the model to treat.
+        batch: ``(inputs, targets)``, as for :func:`gradvet.check`; also the data batch
+            for data-dependent remedies (LSUV, chrono init).
+        loss_fn: ``loss_fn(model(inputs), targets)`` is a scalar.
+        remedies: remedy ids to try, in this order, instead of the diagnosis's ranking
+            (e.g. ``["activation:relu", "init:kaiming"]``).
+        max_remedies: at most this many remedies are tried.
+        inplace: edit ``model`` itself (its modules and parameters end up identical to
+            the treated copy); by default the original is left untouched.
+        **check_kwargs: passed to :func:`gradvet.check` (``passes``, ``profile``, ``train``).
+
+    Returns:
+        A :class:`TreatResult`; ``result.after`` is the measured re-check of ``result.model``.
+
+    Raises:
+        TypeError, ValueError: as :func:`gradvet.check`, or for an unknown remedy id.
+
+    Example:
+        >>> import torch, gradvet
+        >>> layers = [m for _ in range(10) for m in (torch.nn.Linear(32, 32), torch.nn.Sigmoid())]
+        >>> model = torch.nn.Sequential(*layers, torch.nn.Linear(32, 10))
+        >>> batch = (torch.randn(64, 32), torch.randint(0, 10, (64,)))
+        >>> result = gradvet.treat(model, batch, torch.nn.functional.cross_entropy)
+        >>> result.healthy, [r.id for r in result.applied]  # doctest: +SKIP
+        (True, ['activation:relu', 'init:kaiming'])
+    """
+    from gradvet.remedies import MODEL_REMEDIES, RemedyNotApplicable, applicable, apply_remedy
+
+    require_module(model, "treat")
+    if not isinstance(max_remedies, int) or max_remedies < 0:
+        raise GradvetUsageError(f"max_remedies must be a non-negative int, got {max_remedies!r}")
+    if remedies is not None:
+        if isinstance(remedies, str):
+            raise TypeError(f"remedies must be a list of ids, got the string {remedies!r}; write [{remedies!r}]")
+        unknown = [r for r in remedies if r not in MODEL_REMEDIES]
+        if unknown:
+            raise GradvetUsageError(
+                f"treat can apply only model remedies; unknown or training-loop ids {unknown}. "
+                f"Valid: {sorted(MODEL_REMEDIES)}"
+            )
+
+    before = check(model, batch, loss_fn, **check_kwargs)
+    current, report = model, before
+    applied: list[Any] = []
+    attempts: list[Attempt] = []
+    tried: set[str] = set()
+    while not report.healthy and len(attempts) < max_remedies:
+        if remedies is not None:
+            queue = [r for r in remedies if r not in tried]
+        else:
+            queue = [r.id for r in ranked_remedies(report) if r.id in MODEL_REMEDIES and r.id not in tried]
+        if not queue:
+            break
+        rid = queue[0]
+        tried.add(rid)
+        ok, why = applicable(rid, current, batch=batch)
+        if not ok:
+            attempts.append(Attempt(rid, "not applicable", why))
+            continue
+        try:
+            res = apply_remedy(rid, current, inplace=False, batch=batch)
+        except RemedyNotApplicable as err:
+            attempts.append(Attempt(rid, "not applicable", str(err)))
+            continue
+        if not res:
+            attempts.append(Attempt(rid, "no change", "already applied"))
+            continue
+        new = check(res.model, batch, loss_fn, **check_kwargs)
+        b0, b1 = badness(report), badness(new)
+        better = new.healthy or b1 <= b0 - _MIN_GAIN
+        attempts.append(
+            Attempt(rid, "kept" if better else "reverted", f"badness {b0:.2f} -> {b1:.2f}", b0, b1, tuple(new.kinds()))
+        )
+        if better:
+            current, report = res.model, new
+            applied.append(res)
+
+    if current is model:
+        current = model if inplace else copy.deepcopy(model)
+    elif inplace:
+        for res in applied:
+            apply_remedy(res.id, model, inplace=True, batch=batch)
+        model.load_state_dict(current.state_dict())
+        current = model
+    prescriptions = [r for r in ranked_remedies(report) if r.id not in MODEL_REMEDIES]
+    return TreatResult(current, applied, attempts, before, report, prescriptions)

@@ -1,0 +1,261 @@
+"""`gradvet.treat`: remedies are kept only when a re-check measures them better, and the
+verdict it returns is the re-check of the model it returns."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from typer.testing import CliRunner
+
+import gradvet
+from gradvet.findings import Finding, Remedy
+from gradvet.report import LayerReport, Report
+from gradvet.treat import badness, ranked_remedies
+from gradvet.zoo import NanNet, SeqModel, adding_problem, digits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sigmoid_mlp(depth: int = 10, width: int = 64, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.Sigmoid()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+def first_layer_grad(model: nn.Module, batch) -> float:
+    """Plain-autograd reference: ||dL/dW|| of the first Linear."""
+    model = copy.deepcopy(model)
+    x, y = batch
+    F.cross_entropy(model(x), y).backward()
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    return float(first.weight.grad.norm())
+
+
+def sgd_loss(model: nn.Module, batch, steps: int = 60) -> float:
+    torch.manual_seed(0)
+    model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    x, y = batch
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+@pytest.fixture(scope="module")
+def sick_treated():
+    model, batch = sigmoid_mlp(), digits(256)
+    original = copy.deepcopy(model.state_dict())
+    result = gradvet.treat(model, batch, F.cross_entropy)
+    return model, batch, original, result
+
+
+def test_deep_sigmoid_net_is_healed_and_verdict_is_measured(sick_treated) -> None:
+    model, batch, _, result = sick_treated
+    assert "vanishing_gradients" in result.before.kinds()
+    assert result.healthy and result.after.healthy
+    assert result.applied and result.applied[0].id.startswith("activation:")
+    assert all(a.outcome in ("kept", "reverted", "no change", "not applicable") for a in result.attempts)
+    assert [r.id for r in result.applied] == [a.remedy for a in result.attempts if a.outcome == "kept"]
+    # the verdict is a re-check of the returned model, not a claim: check it again independently
+    again = gradvet.check(result.model, batch, F.cross_entropy)
+    assert again.healthy
+    # and the gradient reaching the first layer grew by orders of magnitude (plain autograd)
+    g0, g1 = first_layer_grad(model, batch), first_layer_grad(result.model, batch)
+    assert g1 / g0 > 1e3, (g0, g1)
+    # no sigmoid left in the treated copy
+    assert not any(isinstance(m, nn.Sigmoid) for m in result.model.modules())
+
+
+def test_original_is_untouched_by_default(sick_treated) -> None:
+    model, _, original, result = sick_treated
+    assert result.model is not model
+    assert sum(isinstance(m, nn.Sigmoid) for m in model.modules()) == 9
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+
+
+def test_treated_model_trains_to_lower_loss(sick_treated) -> None:
+    model, batch, _, result = sick_treated
+    untreated, treated = sgd_loss(model, batch), sgd_loss(result.model, batch)
+    assert untreated > 2.0  # chance is ln 10 = 2.30: the sick net learns nothing
+    assert treated < 0.5 * untreated, (untreated, treated)
+
+
+def test_inplace_edits_the_model_to_equal_the_treated_copy() -> None:
+    model, batch = sigmoid_mlp(depth=8, seed=1), digits(128)
+    result = gradvet.treat(model, batch, F.cross_entropy, inplace=True)
+    assert result.model is model
+    assert not any(isinstance(m, nn.Sigmoid) for m in model.modules())
+    assert result.healthy and gradvet.check(model, batch, F.cross_entropy).healthy
+
+
+def test_healthy_model_is_left_alone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    batch = digits(128)
+    result = gradvet.treat(model, batch, F.cross_entropy)
+    assert result.before.healthy and result.healthy
+    assert result.attempts == [] and result.applied == []
+    assert result.model is not model
+    for p, q in zip(model.parameters(), result.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_explicit_remedies_are_tried_in_the_given_order() -> None:
+    model, batch = sigmoid_mlp(depth=8, seed=2), digits(128)
+    result = gradvet.treat(model, batch, F.cross_entropy, remedies=["init:reset_bias", "activation:relu",
+                                                                    "init:kaiming"])
+    tried = [a.remedy for a in result.attempts]
+    assert tried == ["init:reset_bias", "activation:relu", "init:kaiming"][: len(tried)]
+    # resetting biases does not cure vanishing through sigmoids: measured, and reverted
+    first = result.attempts[0]
+    assert first.remedy == "init:reset_bias"
+    if first.outcome == "reverted":
+        assert first.badness_after > first.badness_before - 0.25
+        assert "init:reset_bias" not in [r.id for r in result.applied]
+
+
+def test_exploding_rnn_is_treated_by_reinitialising_the_recurrence() -> None:
+    torch.manual_seed(0)
+    model = SeqModel("RNN", init="orthogonal", gain=3.0)
+    batch = adding_problem(64, 50, 0)
+    result = gradvet.treat(model, batch, F.mse_loss)
+    assert "exploding_gradients" in result.before.kinds()
+    assert "exploding_gradients" not in result.after.kinds()
+    assert any(r.id.startswith("init:") for r in result.applied)
+    assert badness(result.after) < badness(result.before)
+
+
+def test_nan_born_in_forward_is_not_claimed_fixed() -> None:
+    torch.manual_seed(0)
+    model, batch = NanNet(), digits(64)
+    result = gradvet.treat(model, batch, F.cross_entropy)
+    assert "nonfinite_gradients" in result.before.kinds()
+    assert result.healthy == gradvet.check(result.model, batch, F.cross_entropy).healthy
+    if not result.healthy:
+        assert result.prescriptions, "remaining findings must come with the training-loop prescriptions"
+
+
+def test_bad_arguments_raise_clear_errors() -> None:
+    model, batch = sigmoid_mlp(depth=3), digits(32)
+    with pytest.raises(ValueError, match="clip:norm"):
+        gradvet.treat(model, batch, F.cross_entropy, remedies=["clip:norm"])
+    with pytest.raises(TypeError, match="list of ids"):
+        gradvet.treat(model, batch, F.cross_entropy, remedies="activation:relu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_remedies"):
+        gradvet.treat(model, batch, F.cross_entropy, max_remedies=-1)
+    with pytest.raises(TypeError):
+        gradvet.treat("not a model", batch, F.cross_entropy)  # type: ignore[arg-type]
+
+
+# -- the pure parts -------------------------------------------------------------------
+def _report(findings, rms) -> Report:
+    layers = [LayerReport(name=str(i), type="Linear", role="param", signal_rms=v) for i, v in enumerate(rms)]
+    return Report(findings=findings, layers=layers)
+
+
+def test_badness_counts_severity_and_decades() -> None:
+    err = Finding("vanishing_gradients", "error", ["0"], "", [], [])
+    warn = Finding("dead_units", "warning", ["1"], "", [], [])
+    info = Finding("nonfinite_gradients", "info", [], "")
+    assert badness(_report([], [1e-3, 1e-3])) == pytest.approx(0.0)
+    assert badness(_report([], [1e-9, 1e-3, None, 0.0])) == pytest.approx(6.0)
+    assert badness(_report([err, warn, info], [1e-2, 1.0])) == pytest.approx(10 + 3 + 2)
+    rnn = Report(layers=[LayerReport("rnn", "RNN", "recurrent", time_profile=[1e-8, 1e-4, 1.0])])
+    assert badness(rnn) == pytest.approx(8.0)
+    nan = Report(loss=math.nan)
+    assert badness(nan) == pytest.approx(10.0)
+
+
+def test_ranked_remedies_orders_by_finding_then_score_without_repeats() -> None:
+    a = Finding("vanishing_gradients", "error", ["0"], "", [],
+                [Remedy("init:kaiming", "", "", 0.5), Remedy("activation:relu", "", "", 0.9)])
+    b = Finding("dead_units", "warning", ["1"], "", [],
+                [Remedy("init:kaiming", "", "", 0.9), Remedy("init:reset_bias", "", "", 0.8)])
+    c = Finding("saturated_units", "info", ["1"], "", [], [Remedy("norm:batch", "", "", 1.0)])
+    ids = [r.id for r in ranked_remedies(Report(findings=[a, b, c]))]
+    assert ids == ["activation:relu", "init:kaiming", "init:reset_bias"]
+
+
+# -- CLI ------------------------------------------------------------------------------
+def test_cli_treat_heals_the_sick_example_and_saves_it(tmp_path: Path) -> None:
+    from gradvet.cli import app
+
+    out = tmp_path / "treated.pt"
+    res = CliRunner().invoke(app, ["treat", str(ROOT / "examples/sick.py:factory"), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["healthy"] is True and data["before"]["healthy"] is False
+    assert data["applied"] and data["applied"][0]["changes"]
+    treated = torch.load(out, weights_only=False)
+    assert not any(isinstance(m, nn.Sigmoid) for m in treated.modules())
+
+
+def test_cli_treat_prints_before_after_table() -> None:
+    from gradvet.cli import app
+
+    res = CliRunner().invoke(app, ["treat", str(ROOT / "examples/sick.py:factory")], terminal_width=160)
+    assert res.exit_code == 0, res.output
+    assert "remedies tried" in res.output and "kept" in res.output
+    assert "before:" in res.output and "after:" in res.output and "healthy" in res.output
+
+
+def test_cli_treat_rejects_unknown_remedy() -> None:
+    from gradvet.cli import app
+
+    res = CliRunner().invoke(app, ["treat", str(ROOT / "examples/sick.py:factory"), "--remedy", "magic"])
+    assert res.exit_code == 2
+    assert "magic" in res.output
+
+
+# -- the catalogue the diagnosis prescribes from --------------------------------------
+def test_every_catalogue_id_is_a_model_remedy_or_a_training_loop_change() -> None:
+    from gradvet.diagnosis._prescribe import CATALOGUE
+    from gradvet.remedies import MODEL_REMEDIES
+
+    loop_only = {"arch:gated_rnn", "clip:agc", "clip:autoclip", "clip:norm", "clip:value", "data:normalize",
+                 "lr:lower", "optim:adam", "optim:param_groups", "skip_nonfinite"}
+    assert set(MODEL_REMEDIES) <= set(CATALOGUE)
+    assert set(CATALOGUE) - set(MODEL_REMEDIES) == loop_only
+
+
+@pytest.mark.parametrize("rid", ["clip:norm", "clip:value", "clip:autoclip", "clip:agc", "skip_nonfinite"])
+def test_transform_snippets_construct_gradvet_transforms(rid: str) -> None:
+    from gradvet.diagnosis._prescribe import CATALOGUE
+    from gradvet.remedies import GradientTransform
+
+    first_line = CATALOGUE[rid][1].splitlines()[0]
+    ns: dict = {"gradvet": gradvet}
+    exec(first_line, ns)
+    obj = ns.get("clip", ns.get("guard"))
+    assert isinstance(obj, GradientTransform)
+    model = nn.Linear(4, 2)
+    F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 2)).backward()
+    obj(list(model.parameters()))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("rid", ["init:lsuv", "init:chrono"])
+def test_batch_snippets_apply(rid: str) -> None:
+    from gradvet.diagnosis._prescribe import CATALOGUE
+
+    torch.manual_seed(0)
+    if rid == "init:chrono":
+        model, batch = SeqModel("LSTM"), adding_problem(16, 30, 0)
+    else:
+        model, batch = sigmoid_mlp(depth=4), digits(64)
+    ns: dict = {"gradvet": gradvet, "model": model, "batch": batch}
+    exec(CATALOGUE[rid][1], ns)
+    assert ns["model"] is not model
