@@ -22,6 +22,7 @@ install-dev: venv
 
 demo: install
 	$(BIN)/gradvet demo
+	$(BIN)/gradvet lab --quick -o lab-report
 
 lab: install
 	$(BIN)/gradvet lab --quick -o lab-report

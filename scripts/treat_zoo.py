@@ -2,8 +2,10 @@
 
 For each sick scenario that ``gradvet.check`` diagnoses from one batch, run
 ``gradvet.treat``, then train the untreated and the treated model with the same
-optimizer (SGD, lr 0.02, momentum 0.9), on the same batch, for the same number of
-steps, and compare the mean loss over the last 10 steps. Scenarios whose sickness
+optimizer, on the same batch, for the same number of steps, and compare the mean
+loss over the last 10 steps: SGD (lr 0.02, momentum 0.9, ``--steps``) for the
+classifiers; Adam (lr 0.01, 4x ``--steps``) for the recurrent nets on the adding
+problem, which SGD does not learn in any affordable number of steps. Scenarios whose sickness
 only shows during training (a learning rate far too large, a stalled parameter
 group) are listed with the prescriptions gradvet gives for them instead: their
 cure is a change to the training loop, which gradvet does not apply silently.
@@ -28,10 +30,15 @@ from gradvet.zoo import scenarios
 
 
 def train_loss(model: nn.Module, batch: Any, loss_fn: Callable, steps: int, seed: int = 0) -> float:
-    """Mean loss over the last 10 of ``steps`` full-batch SGD steps (inf if it diverged)."""
+    """Mean loss over the last 10 of ``steps`` full-batch steps (inf if it diverged)."""
     torch.manual_seed(seed)
     model = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    opt: torch.optim.Optimizer
+    if recurrent:
+        opt, steps = torch.optim.Adam(model.parameters(), lr=0.01), 4 * steps
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     x, y = batch
     tail: list[float] = []
     for i in range(steps):
@@ -88,7 +95,7 @@ def main() -> None:
     healed = sum(r["healthy"] for r in rows)
     trained = sum(r["loss_after"] < r["loss_before"] for r in rows)
     summary = (f"{len(rows)} sick scenarios diagnosed from one batch: {healed} healthy after treatment, "
-               f"{trained} train to a lower loss than untreated ({args.steps} SGD steps).")
+               f"{trained} train to a lower loss than untreated (same optimizer and steps for both).")
     print(summary)
     if args.markdown:
         lines = [summary, "", "| scenario | before | applied | after | loss untreated | loss treated |",

@@ -136,7 +136,7 @@ def show(record: Path = typer.Argument(..., help="a .gradvet record")) -> None:
 
 @app.command()
 def demo(steps: int = typer.Option(60, help="training steps per model")) -> None:
-    """A 10-layer sigmoid MLP on digits next to its ReLU+He twin."""
+    """Diagnose a 10-layer sigmoid MLP on digits, treat it, train both: the cure, measured."""
     from gradvet.demo import run_demo
 
     run_demo(console, steps=steps)

@@ -1,10 +1,13 @@
-"""``gradvet demo``: a 10-layer sigmoid MLP next to its ReLU + He-init twin, on real digits.
+"""``gradvet demo``: diagnose a 10-layer sigmoid MLP on real digits, treat it, prove the cure.
 
-Both train for the same number of SGD steps under ``gradvet.Monitor(profile="full")``;
-the demo prints, side by side, the gradient signal reaching each layer and each layer's
-|grad W|, then the loss of both and what gradvet diagnosed for each. It reproduces the
-observation of Glorot & Bengio (2010) that deep sigmoid nets barely train with plain
-SGD, and the cure of Glorot et al. (2011) and He et al. (2015): ReLU with He init.
+``gradvet.treat`` diagnoses the sick net from one batch and applies the remedies it
+ranks (for this net: ReLU, then He init), re-checking after each. Then the sick net
+and the treated twin train for the same number of SGD steps under
+``gradvet.Monitor(profile="full")``; the demo prints, side by side, the gradient signal
+reaching each layer and each layer's |grad W|, then the loss of both and what gradvet
+diagnosed for each. It reproduces the observation of Glorot & Bengio (2010) that deep
+sigmoid nets barely train with plain SGD, and the cure of Glorot et al. (2011) and
+He et al. (2015): ReLU with He init.
 """
 
 from __future__ import annotations
@@ -55,14 +58,23 @@ def _train(label: str, model: nn.Module, steps: int, seed: int) -> DemoRun:
     return DemoRun(label, monitor.report(), float(loss.detach()), float(acc))
 
 
-def run_models(steps: int = 60, seed: int = 0) -> tuple[DemoRun, DemoRun]:
-    """Train the sigmoid MLP and its ReLU + He twin; same data order, same seed."""
+def treat_model(seed: int = 0) -> tuple[nn.Module, Any]:
+    """The sick sigmoid MLP and ``gradvet.treat``'s result for it (diagnosed on one batch)."""
+    torch.manual_seed(seed)
+    model = MLP(DEPTH, "sigmoid", "default", width=WIDTH)
+    data = digits()
+    batch = data.batch(256, torch.Generator().manual_seed(seed + 1))
+    return model, gradvet.treat(model, batch, nn.functional.cross_entropy)
+
+
+def run_models(steps: int = 60, seed: int = 0, treated: Any = None) -> tuple[DemoRun, DemoRun]:
+    """Train the sigmoid MLP and its treated twin; same data order, same seed."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"run_demo: steps must be an int >= 1, got {steps!r}")
-    torch.manual_seed(seed)
-    sick = _train("sigmoid, default init", MLP(DEPTH, "sigmoid", "default", width=WIDTH), steps, seed)
-    torch.manual_seed(seed)
-    cured = _train("ReLU + He init", MLP(DEPTH, "relu", "he", width=WIDTH), steps, seed)
+    model, result = treated if treated is not None else treat_model(seed)
+    sick = _train("sigmoid, default init", model, steps, seed)
+    label = "treated: " + " + ".join(r.id for r in result.applied) if result.applied else "treated (no change)"
+    cured = _train(label, result.model, steps, seed)
     return sick, cured
 
 
@@ -94,7 +106,7 @@ def layer_table(sick: DemoRun, cured: DemoRun, width: int = 120) -> Table:
     table = Table(title=f"Gradient reaching each layer after training, input side first (signal: RMS of "
                         f"dL/d output; bars: log scale {10**lo:.0e}..{10**hi:.0e})")
     table.add_column("layer", no_wrap=True)
-    for short in ("sigmoid", "ReLU+He"):
+    for short in ("sigmoid", "treated"):
         table.add_column(f"{short}\nsignal", justify="right", no_wrap=True)
         table.add_column("", justify="left", no_wrap=True, min_width=bar_width)
         table.add_column("\n|grad W|", justify="right", no_wrap=True)
@@ -153,11 +165,18 @@ def run_demo(console: Optional[Console] = None, steps: int = 60, seed: int = 0) 
     """
     console = console or Console()
     console.print(Panel(
-        f"Two {DEPTH}-layer MLPs (width {WIDTH}) learn scikit-learn's handwritten digits with plain SGD, "
-        "watched by gradvet.Monitor(profile='full'). Left: sigmoid activations with PyTorch's default init. "
-        "Right: the same network with ReLU and He init.", title="gradvet demo"))
+        f"A {DEPTH}-layer sigmoid MLP (width {WIDTH}, PyTorch's default init) is to learn scikit-learn's "
+        "handwritten digits with plain SGD. gradvet.treat diagnoses it on one batch and applies the remedies "
+        "it ranks, re-checking after each; then both nets train, watched by gradvet.Monitor(profile='full').",
+        title="gradvet demo"))
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"run_demo: steps must be an int >= 1, got {steps!r}")
+    with console.status("diagnosing and treating..."):
+        treated = treat_model(seed)
+    console.rule("gradvet.treat")
+    console.print(treated[1])
     with console.status("training both models..."):
-        sick, cured = run_models(steps, seed)
+        sick, cured = run_models(steps, seed, treated)
     console.print(layer_table(sick, cured, console.width))
     console.print(summary_table(sick, cured))
     for run in (sick, cured):

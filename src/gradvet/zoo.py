@@ -15,6 +15,7 @@ so that no threshold is tuned to a handful of cases.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -595,6 +596,11 @@ def main() -> None:  # pragma: no cover - a report printer
     right = sum(r[1] for r in rows.values())
     table.add_row("total", str(total), f"{right} ({100 * right / total:.0f}%)", f"{naive_ok} ({100 * naive_ok / total:.0f}%)")
     console.print(table)
+    if "--markdown" in sys.argv:  # the table as it appears in the README and docs/diagnosis.md
+        print("| family | scenarios | gradvet right | naive right |\n|---|---|---|---|")
+        for fam, (n, ok, nv) in rows.items():
+            print(f"| {fam} | {n} | {ok} | {nv} |")
+        print(f"| total | {total} | {right} ({100 * right / total:.0f}%) | {naive_ok} ({100 * naive_ok / total:.0f}%) |")
     for sid, why in failures:
         console.print(f"[red]{sid}[/]: {why}")
 

@@ -259,3 +259,27 @@ def test_batch_snippets_apply(rid: str) -> None:
     ns: dict = {"gradvet": gradvet, "model": model, "batch": batch}
     exec(CATALOGUE[rid][1], ns)
     assert ns["model"] is not model
+
+
+# -- the zoo, treated (the full table: scripts/treat_zoo.py, docs/treatment.md) --------
+ZOO_CASES = {
+    "vanish-cnn-sigmoid-d8-s0": "activation:relu",
+    "explode-depth-tanh-g3.0-d25-s0": "init:xavier",
+    "dead-relu-bias-5.0-L2-s0": "activation:leaky_relu",
+    "saturated-sigmoid-x50.0-s0": "norm:batch",
+    "vanish-time-LSTM-T60-s0": "init:chrono",
+    "vanish-relu-xavier-d40-s0": "activation:leaky_relu",
+}
+
+
+@pytest.mark.parametrize("sid", sorted(ZOO_CASES))
+def test_zoo_scenarios_are_healed(sid: str) -> None:
+    from gradvet.zoo import scenarios
+
+    (sc,) = [s for s in scenarios((0,)) if s.id == sid]
+    model, batch, loss_fn = sc.build(0)
+    result = gradvet.treat(model, batch, loss_fn)
+    assert set(sc.expect) <= set(result.before.kinds())
+    assert result.healthy, [(a.remedy, a.outcome, a.reason) for a in result.attempts]
+    assert ZOO_CASES[sid] in [r.id for r in result.applied]
+    assert badness(result.after) < badness(result.before)

@@ -53,8 +53,11 @@ def _chrono(model: nn.Module, *, batch: Any = None, **kw: Any) -> list[Change]:
 
 #: Remedy id -> ``fn(model, *, batch=None, **kw) -> list[Change]`` (edits in place).
 MODEL_REMEDIES: dict[str, RemedyFn] = {
-    **{f"activation:{a}": _ignoring_batch(partial(swap_activations, to=a))
-       for a in ("relu", "leaky_relu", "gelu", "silu", "elu", "selu", "mish")},
+    # ReLU replaces the saturating activations; the others also replace ReLU, whose units can
+    # die (Maas et al., 2013: the leaky slope keeps a gradient flowing through units that are off).
+    "activation:relu": _ignoring_batch(partial(swap_activations, to="relu", replace=(nn.Sigmoid, nn.Tanh))),
+    **{f"activation:{a}": _ignoring_batch(partial(swap_activations, to=a, replace=(nn.Sigmoid, nn.Tanh, nn.ReLU)))
+       for a in ("leaky_relu", "gelu", "silu", "elu", "selu", "mish")},
     "init:kaiming": _ignoring_batch(init_kaiming),
     "init:xavier": _ignoring_batch(init_xavier),
     "init:orthogonal": _ignoring_batch(init_orthogonal),
