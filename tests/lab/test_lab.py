@@ -15,10 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_lab_writes_records_results_and_page(quick_lab: tuple[Path, dict, float]) -> None:
-    index, results, wall = quick_lab
+    index, results, _ = quick_lab  # its wall time is a benchmark figure (docs/lab.md), not a test
     assert index.name == "index.html" and (index.parent / "results.json").is_file()
     assert set(results) == {"depth", "cures", "exploding", "time", "dead", "meta"}
-    assert wall < 180, f"the quick lab must finish in 3 minutes on 2 cores; took {wall:.0f} s"
     records = sorted(index.parent.glob("runs/*/*.gradvet"))
     assert len(records) == 36 + 7 + 8 + 10 + 3
     run = gradvet.load(records[0])

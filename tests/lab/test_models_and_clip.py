@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradvet.lab._models import MLP, SeqRegressor, gate_bias_
+from gradvet.lab._models import MLP, SeqRegressor
 
 
 def test_mlp_names_depth_and_options() -> None:
@@ -39,5 +39,5 @@ def test_gate_bias_sets_the_memory_slice(cell: str) -> None:
     model = SeqRegressor(cell, hidden=8, gate_bias=1.0)
     total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
     assert torch.allclose(total[8:16], torch.ones(8))
-    with pytest.raises(ValueError, match="LSTM or nn.GRU"):
-        gate_bias_(nn.RNN(2, 4))
+    with pytest.raises(ValueError, match="LSTM"):
+        SeqRegressor("RNN", hidden=8, gate_bias=1.0)

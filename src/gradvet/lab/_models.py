@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from gradvet.remedies import init_forget_gate_bias
+
 #: Activation factories by name (timm-style string keys).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -117,26 +119,6 @@ class MLP(nn.Module):
 CELLS = ("RNN", "LSTM", "GRU")
 
 
-def gate_bias_(rnn: nn.RNNBase, value: float = 1.0) -> None:
-    """Open the memory gate at init: LSTM forget gate (Gers et al., 2000; Jozefowicz et
-    al., 2015) or GRU update gate, so that ``bias_ih + bias_hh = value`` on that slice.
-
-    PyTorch orders LSTM gates (input, forget, cell, output) and GRU gates (reset,
-    update, new): the second slice of ``hidden_size`` rows is the one that keeps memory
-    (for the GRU, h_t = (1 - z) n + z h_{t-1}, so a larger update-gate bias keeps more).
-
-    Raises:
-        ValueError: a plain RNN has no gate.
-    """
-    if not isinstance(rnn, (nn.LSTM, nn.GRU)):
-        raise ValueError(f"gate_bias_ needs an nn.LSTM or nn.GRU, got {type(rnn).__name__}")
-    h = rnn.hidden_size
-    with torch.no_grad():
-        for layer in range(rnn.num_layers):
-            getattr(rnn, f"bias_ih_l{layer}")[h : 2 * h] = value
-            getattr(rnn, f"bias_hh_l{layer}")[h : 2 * h] = 0.0
-
-
 class SeqRegressor(nn.Module):
     """A recurrent layer reading the whole sequence, and a linear head on its last state.
 
@@ -152,7 +134,7 @@ class SeqRegressor(nn.Module):
         self.rnn = getattr(nn, cell)(d_in, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 1)
         if gate_bias is not None:
-            gate_bias_(self.rnn, gate_bias)
+            init_forget_gate_bias(self.rnn, value=gate_bias)  # gradvet's own remedy
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.rnn(x)[0][:, -1])
