@@ -128,11 +128,20 @@ def clip_grad_norm(wl: Workload, tmp: Path, record: bool) -> Iterator[AfterBackw
 
 
 def find_norm_clipper() -> Callable[..., Any]:
-    """gradvet's global-norm clipper that takes ``norms=monitor.last_grad_norms``."""
+    """gradvet's global-norm clipper that takes ``norms=monitor.last_grad_norms``.
+
+    Returns a class (instantiated with ``max_norm=1.0``), a factory of such clippers
+    (``clip_by_global_norm(max_norm)``, optax style) or a function taking ``norms=``.
+    """
     try:
         import gradvet.remedies as remedies
     except ImportError as e:
         raise Unavailable(f"gradvet.remedies not importable ({e})") from None
+    factory = getattr(remedies, "clip_by_global_norm", None)
+    if factory is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            if "norms" in inspect.signature(factory(max_norm=1.0).__call__).parameters:
+                return factory  # type: ignore[no-any-return]
     for name in sorted(dir(remedies)):
         obj = getattr(remedies, name)
         if "clip" not in name.lower() or not callable(obj):
@@ -151,7 +160,8 @@ def gradvet_clip(wl: Workload, tmp: Path, record: bool) -> Iterator[AfterBackwar
     """gradvet default profile, then clipping that reuses the norms gradvet measured."""
     clipper = find_norm_clipper()
     with _monitor(wl, tmp, record, "economy") as monitor:
-        clip = clipper(max_norm=1.0) if inspect.isclass(clipper) else None
+        takes_norms = "norms" in inspect.signature(clipper).parameters
+        clip = None if takes_norms and not inspect.isclass(clipper) else clipper(max_norm=1.0)
 
         def after(loss: Tensor) -> None:
             monitor.step(loss)

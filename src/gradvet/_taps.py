@@ -16,9 +16,12 @@ Hook points, chosen deliberately (see STYLE.md, item 15):
   applied *functionally* (``torch.sigmoid(self.fc(x))``) to a layer's output
   and attributes their saturation and dead units to that layer.
 
-Hooks only collect sums into device tensors; nothing here syncs with the host.
-Any error inside a hook disables the taps with one warning: measuring must never
-cost the user's training run.
+Hooks only collect sums into one device tensor of accumulators (``[layers, 8]``,
+added to in place); nothing here syncs with the host. gradvet's own statistics
+run under ``torch._C.DisableTorchFunction()``: they are not the user's code, so
+the mode above (and any other torch-function override) must not see them, and
+skipping it saves a Python call per torch op. Any error inside a hook disables
+the taps with one warning: measuring must never cost the user's training run.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from torch.overrides import TorchFunctionMode
 from gradvet._hooks import HookSet
 from gradvet._layers import LayerInfo
 from gradvet.stats._activations import FUNCTIONAL, ActivationKind
-from gradvet.stats._layer import N_ACC, derive_layer_stats, grad_stats, output_stats, time_stats
+from gradvet.stats._layer import (
+    N_ACC,
+    activation_stats,
+    derive_layer_stats,
+    grad_stats,
+    output_stats,
+    time_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +106,9 @@ class LayerTaps:
         self.in_activation_module = 0
         self.device: Optional[torch.device] = None
         self._next_order = 0
-        self._acc: list[Optional[Tensor]] = [None] * len(infos)
+        # accumulators of every layer, allocated on the first measured call and zeroed
+        # by collect(): one in-place add per hook call, no allocation per call
+        self._table: Optional[Tensor] = None
         # Alive units per layer: one flat mask, one segment per call index within a
         # forward (a ReLU module used twice has two sets of units); micro-batches OR
         # into their segment. Flat, so that ranks can OR the masks as they are.
@@ -145,15 +157,27 @@ class LayerTaps:
             self.in_activation_module += 1
 
     # -- collection ---------------------------------------------------------------------
+    @property
+    def _acc(self) -> list[Optional[Tensor]]:
+        """Accumulator rows ``[N_ACC]`` per layer (views of the table; None before any call)."""
+        if self._table is None:
+            return [None] * len(self.infos)
+        return list(self._table.unbind(0))
+
+    @_acc.setter
+    def _acc(self, rows: list[Optional[Tensor]]) -> None:
+        # gradvet._distributed.reduce_taps puts the all-rank totals back this way
+        dev = self.device or next((r.device for r in rows if r is not None), torch.device("cpu"))
+        zeros = torch.zeros(N_ACC, dtype=torch.float64, device=dev)
+        table = [zeros if r is None else r.to(dev, torch.float64) for r in rows]
+        self._table = torch.stack(table) if table else zeros.new_zeros(0, N_ACC)
+
     def _add(self, i: int, sl: slice, value: Tensor) -> None:
-        if self.device is None:
-            self.device = value.device
-        acc = self._acc[i]
-        if acc is None:
-            acc = torch.zeros(N_ACC, dtype=torch.float64, device=self.device)
-        upd = torch.zeros_like(acc)
-        upd[sl] = value.to(self.device)
-        self._acc[i] = acc + upd
+        if self._table is None:
+            if self.device is None:
+                self.device = value.device
+            self._table = torch.zeros(len(self.infos), N_ACC, dtype=torch.float64, device=self.device)
+        self._table[i, sl].add_(value.to(self.device))
 
     def _add_alive(self, i: int, call: int, alive: Tensor) -> None:
         alive, prev, segs = alive.flatten(), self._alive[i], self._segments[i]
@@ -172,6 +196,12 @@ class LayerTaps:
         info = self.infos[i]
         if info.role == "activation":
             self.in_activation_module = max(0, self.in_activation_module - 1)
+        # the mode is re-entered on leaving: the user's functional activations after
+        # this layer are still seen
+        with torch._C.DisableTorchFunction():
+            self._measure_output(i, info, args, output)
+
+    def _measure_output(self, i: int, info: LayerInfo, args: Any, output: Any) -> None:
         try:
             y = first_tensor(output)
             if y is None:
@@ -202,12 +232,19 @@ class LayerTaps:
         if self.failed:
             return
         try:
-            self._add(i, slice(0, 3), grad_stats(g))
+            with torch._C.DisableTorchFunction():
+                self._add(i, slice(0, 3), grad_stats(g))
         except Exception as e:
             self._fail(e)
 
+    @_eager
     def functional_activation(self, x: Any, kind: ActivationKind, out: Any) -> None:
-        """Attribute ``out = kind(x)`` to the layer that produced ``x``."""
+        """Attribute ``out = kind(x)`` to the layer that produced ``x``.
+
+        Eager under torch.compile like the hooks: dynamo traces the mode's
+        ``__torch_function__``, and a traced in-place add to the accumulators was
+        applied twice (saturation counted double with the eager backend).
+        """
         if not isinstance(x, Tensor) or not isinstance(out, Tensor):
             return
         rec = self._producer.get(id(x))
@@ -218,12 +255,13 @@ class LayerTaps:
             if not self.infos[i].activation:
                 self.infos[i].activation = kind.name
             unit_dim = 1 if self.infos[i].channel_first else -1
-            acc, alive = output_stats(out, kind, self.threshold, unit_dim)
-            sat = torch.zeros(5, dtype=torch.float64, device=acc.device)
-            sat[3] = acc[3]
-            self._add(i, slice(3, 8), sat)
-            if alive is not None:
-                self._add_alive(i, call, alive)
+            with torch._C.DisableTorchFunction():  # other modes below ours must not see it either
+                # the layer's moments are its own output's; the activation adds saturation and death
+                sat, alive = activation_stats(out, kind, self.threshold, unit_dim)
+                if sat is not None:
+                    self._add(i, slice(6, 7), sat.double().reshape(1))
+                if alive is not None:
+                    self._add_alive(i, call, alive)
         except Exception as e:
             self._fail(e)
 
@@ -247,13 +285,14 @@ class LayerTaps:
         if self.failed:
             return
         try:
-            sq = time_stats(g, tdim)
-            prev = self._time.get(i)
-            if prev is not None and prev.shape != sq.shape:
-                n = max(prev.numel(), sq.numel())
-                prev = torch.nn.functional.pad(prev, (0, n - prev.numel()))
-                sq = torch.nn.functional.pad(sq, (0, n - sq.numel()))
-            self._time[i] = sq if prev is None else prev + sq.to(prev.device)
+            with torch._C.DisableTorchFunction():
+                sq = time_stats(g, tdim)
+                prev = self._time.get(i)
+                if prev is not None and prev.shape != sq.shape:
+                    n = max(prev.numel(), sq.numel())
+                    prev = torch.nn.functional.pad(prev, (0, n - prev.numel()))
+                    sq = torch.nn.functional.pad(sq, (0, n - sq.numel()))
+                self._time[i] = sq if prev is None else prev + sq.to(prev.device)
         except Exception as e:
             self._fail(e)
 
@@ -271,8 +310,8 @@ class LayerTaps:
     def collect(self, inv_scale: Optional[Tensor] = None) -> tuple[Tensor, dict[int, Tensor]]:
         """Return ``([L, 8] stats, {layer: [T] grad norm per time step})`` and reset."""
         dev = self.device or torch.device("cpu")
-        zeros = torch.zeros(N_ACC, dtype=torch.float64, device=dev)
-        acc = torch.stack([a.to(dev) if a is not None else zeros for a in self._acc]) if self._acc else zeros[None, :0]
+        table = self._table
+        acc = table if table is not None else torch.zeros(len(self.infos), N_ACC, dtype=torch.float64, device=dev)
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         dead = [
             (1.0 - a.double().mean()).to(dev) if a is not None and a.numel() else zero
@@ -284,7 +323,8 @@ class LayerTaps:
             inv = inv_scale.to(dev, torch.float32)
             stats[:, 0:2] = stats[:, 0:2] * inv
             times = {i: t * inv.to(t.device) for i, t in times.items()}
-        self._acc = [None] * len(self.infos)
+        if table is not None:
+            table.zero_()  # derive_layer_stats made new tensors: the table is free again
         self._alive = [None] * len(self.infos)
         self._segments = [{} for _ in self.infos]
         self._calls = [0] * len(self.infos)

@@ -49,6 +49,7 @@ from gradvet.errors import GradvetUsageError
 from gradvet.record import RecordWriter, Run, load
 from gradvet.stats._layer import LAYER_STATS
 from gradvet.stats._params import PARAM_STATS, param_stats
+from gradvet.stats._updates import l2_norms, snapshot, update_norms_
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,11 @@ class Monitor:
         self._last_flush = time.monotonic()
         self._last_stats: Optional[Tensor] = None
         self._update_step: Optional[int] = None
-        self._before: Optional[list[Tensor]] = None
+        # weights before optimizer.step() on an update step: (monitored indices, copies)
+        self._before: Optional[tuple[list[int], list[Tensor]]] = None
+        self._snapshots: dict[int, Tensor] = {}  # the copies' buffers, kept across update steps
+        # ||W|| per parameter measured by the last step() (None if it skipped them)
+        self._weight_norms: Optional[Tensor] = None
         self._meta = self._static_meta()
         if self._dist is not None:
             self._meta["distributed"] = self._dist.meta()
@@ -155,6 +160,7 @@ class Monitor:
         self._entered = False
         self._hooks.remove()
         self._taps.active = False
+        self._snapshots, self._before, self._weight_norms = {}, None, None
         try:
             self._flush()
         except Exception as e:  # never mask the user's own exception
@@ -242,19 +248,22 @@ class Monitor:
         return scale
 
     def _measure(self, s: int, loss: Optional[Tensor]) -> None:
+        self._weight_norms = None  # never the norms of an earlier step's weights
         grads = [p.grad for p in self.parameters]
         dev = self.parameters[0].device
         gscale = self._grad_scale()
         layer_step = s % self.config.layer_every == 0
+        extended = layer_step or s % self.config.param_every == 0 or s % self.config.update_every == 0
         stats = (param_stats if self._dist is None else self._dist.param_stats)(
             self.parameters,
             grads,
             count_nonfinite=self.config.count_nonfinite or layer_step,
             grad_scale=gscale,
             device=dev,
-            extended=layer_step or s % self.config.param_every == 0 or s % self.config.update_every == 0,
+            extended=extended,
         )
         self._last_stats = stats
+        self._weight_norms = stats[:, 3] if extended else None
         buf = self._buf
         buf.setdefault("step", []).append(s)
         nan = torch.full((), float("nan"), device=dev)
@@ -292,7 +301,9 @@ class Monitor:
         if self._update_step is None or not self._entered:
             return
         try:
-            self._before = [p.detach().clone() for _, p in self._opt_params()]
+            pairs = self._opt_params()
+            index = [i for i, _ in pairs]
+            self._before = index, snapshot([p.detach() for _, p in pairs], index, self._snapshots)
         except Exception as e:
             self._before = None
             log.warning("gradvet: update snapshot failed: %s", e)
@@ -300,23 +311,32 @@ class Monitor:
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         s, before = self._update_step, self._before
         self._update_step, self._before = None, None
-        if s is None or before is None:
+        if s is None or before is None or not before[0]:
             return
         try:
-            pairs = self._opt_params()
-            now = [p.detach() for _, p in pairs]
-            if self._dist is not None:
-                dn, wn = self._dist.update_norms(now, before, [i for i, _ in pairs])
-            else:
-                deltas = torch._foreach_sub(now, before)
-                dn = torch.stack([d.float() for d in torch._foreach_norm(deltas, 2.0)])
-                wn = torch.stack([w.float() for w in torch._foreach_norm(before, 2.0)])
+            index, snap = before
+            now = [self.parameters[i].detach() for i in index]
             dev = self.parameters[0].device
-            # stacked, not index_put with torch.tensor(indices): that H2D copy would sync
-            cols: list[Tensor] = [torch.full((), float("nan"), device=dev)] * len(self.parameters)
-            for (i, _), r in zip(pairs, (dn / wn).to(dev).unbind(0)):
-                cols[i] = r
-            ratio = torch.stack(cols)
+            if self._dist is not None:
+                dn, wn = self._dist.update_norms(now, snap, index)
+            else:
+                # ||W|| is the norm step() measured on these same weights (optimizer.step()
+                # comes after monitor.step()); unbind + stack, not an index tensor (an H2D copy)
+                measured = self._weight_norms
+                if measured is None:  # step() skipped ||W|| (e.g. an AMP-skipped update step)
+                    wn = l2_norms(snap)
+                elif len(index) == len(self.parameters):  # _opt_params keeps the monitor's order
+                    wn = measured
+                else:
+                    wn = torch.stack([measured[i] for i in index])
+                dn = update_norms_(snap, now)  # the snapshot now holds -update
+            ratio = dn.to(dev) / wn.to(dev)
+            if len(index) < len(self.parameters):  # the optimizer has only some of them
+                # stacked, not index_put with torch.tensor(indices): that H2D copy would sync
+                cols: list[Tensor] = [torch.full((), float("nan"), device=dev)] * len(self.parameters)
+                for i, r in zip(index, ratio.unbind(0)):
+                    cols[i] = r
+                ratio = torch.stack(cols)
             self._buf.setdefault("update_step", []).append(s)
             self._buf.setdefault("update", []).append(ratio)
         except Exception as e:

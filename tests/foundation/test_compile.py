@@ -4,9 +4,8 @@ Observed with torch 2.13 (eager and inductor backends): per-parameter statistics
 update ratios and module-level layer taps (forward hooks on the submodules of
 ``_orig_mod``, which run eagerly) are all measured and match the uncompiled
 recomputation. Functional activations inside a compiled forward
-(``torch.sigmoid(self.fc(x))``) are *not* attributed to their layer: dynamo traces
-the TorchFunctionMode, so the layer's ``activation`` stays "" and its sat/dead
-fractions are those of the plain layer.
+(``torch.sigmoid(self.fc(x))``) are attributed to their layer as in eager mode: dynamo
+traces gradvet's TorchFunctionMode (tested in ``test_engine_fastpaths.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 The hooks only *collect*: each call adds sums into a small device tensor of
 accumulators (so micro-batches of one optimizer step add up exactly, and
-nothing syncs with the host; the sums also add over ranks).
+nothing syncs with the host; the sums also add over ranks). On the CPU, where
+reading a scalar costs no sync, a finite plain sum lets the statistics skip
+their finite masks (:func:`_finite_cpu_stats`); other devices always take the
+masked path, which gives the same sums.
 :func:`derive_layer_stats` turns accumulators into the recorded statistics.
 
 Accumulator columns (float64):
@@ -21,8 +24,10 @@ Accumulator columns (float64):
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,13 +51,26 @@ LAYER_STATS = (
 def grad_stats(g: Tensor) -> Tensor:
     """Return ``[sum g^2, numel, non-finite count]`` (float64, on g's device)."""
     g32 = g.detach().float()
+    sq = g32.square().sum()
+    if g.device.type == "cpu":
+        sq_host = sq.item()  # sync-ok: a CPU tensor, no device to wait for
+        if math.isfinite(sq_host):  # no NaN/inf term: skip the mask pass (the costly one)
+            return torch.tensor([sq_host, float(g.numel()), 0.0], dtype=torch.float64)
     return torch.stack(
         [
-            g32.square().sum().double(),
+            sq.double(),
             torch.full((), float(g.numel()), dtype=torch.float64, device=g.device),
             (~torch.isfinite(g32)).sum().double(),
         ]
     )
+
+
+def _shift_back(s1: Any, s2: Any, count: Any, c: Any) -> tuple[Any, Any]:
+    """``(sum y, sum y^2)`` from the sums of ``d = y - c``; float64 tensors or Python floats.
+
+    Both paths below call it, so that they do the same IEEE operations in the same order.
+    """
+    return s1 + count * c, s2 + 2 * c * s1 + count * (c * c)
 
 
 def _raw_moments(yf: Tensor, finite: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,8 +86,31 @@ def _raw_moments(yf: Tensor, finite: Tensor, count: Tensor) -> tuple[Tensor, Ten
     d = torch.where(finite, yf - c, torch.zeros((), device=yf.device))
     s1 = d.sum().double()
     s2 = torch.linalg.vector_norm(d).double().square()
-    c64 = c.double()
-    return s1 + count * c64, s2 + 2 * c64 * s1 + count * c64.square()
+    return _shift_back(s1, s2, count, c.double())
+
+
+def _finite_cpu_stats(y32: Tensor, sat: Optional[Tensor]) -> Optional[Tensor]:
+    """Columns 3..7 of a non-empty CPU output whose entries are all finite; None otherwise.
+
+    A finite plain sum implies finite entries (one NaN or inf term makes it NaN or
+    inf), so the finite mask and the masked copies of :func:`_raw_moments` are not
+    needed. Reading scalars costs no sync on the CPU, so the scalar arithmetic runs
+    on Python floats; it repeats :func:`_raw_moments` operation for operation (a
+    float32 pilot mean, float64 shift back), so both paths give bit-identical sums.
+    A sum that overflows although every entry is finite returns None: the masked
+    path is exact either way.
+    """
+    pilot = y32.sum().item()  # sync-ok: a CPU tensor
+    if not math.isfinite(pilot):
+        return None
+    n = float(y32.numel())
+    c = float(np.float32(pilot / float(np.float32(n))))  # the float32 quotient torch computes
+    d = y32 - c
+    s1 = d.sum().item()
+    norm = torch.linalg.vector_norm(d).item()
+    total, squares = _shift_back(s1, norm * norm, n, c)
+    saturated = float(sat) if sat is not None else 0.0
+    return torch.tensor([total, squares, n, saturated, 0.0], dtype=torch.float64)
 
 
 def output_stats(
@@ -89,9 +130,15 @@ def output_stats(
     """
     y = y.detach()
     y32 = y.float()
+    sat, alive = (
+        activation_stats(y32, kind, threshold, unit_dim) if kind is not None else (None, None)
+    )
+    if y.device.type == "cpu" and y32.numel():
+        acc = _finite_cpu_stats(y32, sat)
+        if acc is not None:
+            return acc, alive
     finite = torch.isfinite(y32)
     yf = torch.where(finite, y32, torch.zeros((), device=y.device))
-    sat = kind.saturated(y32, threshold).sum() if kind and kind.saturated else yf.new_zeros(())
     count = finite.sum().double()
     total, squares = _raw_moments(yf, finite, count)
     acc = torch.stack(
@@ -99,17 +146,46 @@ def output_stats(
             total,
             squares,
             count,
-            sat.double(),
+            sat.double() if sat is not None else yf.new_zeros((), dtype=torch.float64),
             (~finite).sum().double(),
         ]
     )
-    alive = None
-    if kind is not None and kind.can_die and y.dim() >= 1:
-        d = unit_dim % y.dim()
-        other = [i for i in range(y.dim()) if i != d]
-        nz = y32 != 0
-        alive = nz.any(dim=tuple(other)) if other else nz
     return acc, alive
+
+
+def activation_stats(
+    y: Tensor, kind: ActivationKind, threshold: float, unit_dim: int
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Saturation and death of an activation's output, without its moments.
+
+    Args:
+        y: the activation's output.
+        kind: its activation kind.
+        threshold: saturation threshold as a fraction of the max derivative.
+        unit_dim: the dimension that indexes units (features or channels).
+
+    Returns:
+        ``(saturated, alive)``: the number of saturated entries (a 0-d tensor, None if
+        the kind does not saturate) and, for kinds that can die, a bool tensor
+        ``[units]`` true where the unit was non-zero somewhere (else None).
+    """
+    y32 = y.detach().float()
+    sat = kind.saturated(y32, threshold).sum() if kind.saturated else None
+    alive = _alive(y32, unit_dim) if kind.can_die and y.dim() >= 1 else None
+    return sat, alive
+
+
+def _alive(y: Tensor, unit_dim: int) -> Tensor:
+    """Bool ``[units]``: true where the unit's output is non-zero (or NaN) somewhere."""
+    d = unit_dim % y.dim()
+    other = tuple(i for i in range(y.dim()) if i != d)
+    if not other:
+        return y != 0
+    if y.device.type == "cpu" and y.numel():
+        # the same mask: max |y| is non-zero (or NaN) exactly where some y != 0; on the
+        # CPU the float max-reduction is vectorized and 5-7x faster than a bool any()
+        return y.abs().amax(dim=other) != 0
+    return (y != 0).any(dim=other)
 
 
 def time_stats(g: Tensor, time_dim: int) -> Tensor:

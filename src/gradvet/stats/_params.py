@@ -90,15 +90,13 @@ def param_stats(
         return _unscale(fast, grad_scale, device)
     cols: list[list[Optional[Tensor]]] = [[None] * n for _ in PARAM_STATS]
     for (_, _), idx in _group(grads).items():
-        gs = [grads[i] for i in idx]  # type: ignore[misc]
-        l2 = _foreach_norm(gs, 2.0)  # type: ignore[arg-type]
-        mx = _foreach_norm(gs, float("inf"))  # type: ignore[arg-type]
+        gs: list[Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
+        l2 = _foreach_norm(gs, 2.0)
+        mx = _foreach_norm(gs, float("inf"))
+        l2_col = torch.stack(l2).float()
+        nf = _count_nonfinite(gs, l2_col) if count_nonfinite else (~torch.isfinite(l2_col)).float()
         for j, i in enumerate(idx):
-            cols[0][i], cols[1][i] = l2[j], mx[j]
-            if count_nonfinite:
-                cols[2][i] = (~torch.isfinite(gs[j])).sum()  # type: ignore[arg-type]
-            else:
-                cols[2][i] = (~torch.isfinite(l2[j])).to(torch.float32)
+            cols[0][i], cols[1][i], cols[2][i] = l2[j], mx[j], nf[j]
     for i, g in enumerate(grads):
         if g is not None and g.is_sparse:
             vals = g.coalesce().values()
@@ -162,8 +160,22 @@ def _fast_path(
     l2 = torch.stack(_foreach_norm(gs, 2.0)).float()
     mx = torch.stack(_foreach_norm(gs, float("inf"))).float()
     pn = torch.stack(_foreach_norm([p.detach() for p in params], 2.0)).float()
-    if count_nonfinite:
-        nf = torch.stack([(~torch.isfinite(g)).sum() for g in gs]).float()
-    else:
-        nf = (~torch.isfinite(l2)).float()
+    nf = _count_nonfinite(gs, l2) if count_nonfinite else (~torch.isfinite(l2)).float()
     return torch.stack([l2, mx, nf, pn], dim=1)
+
+
+def _count_nonfinite(grads: Sequence[Tensor], l2: Tensor) -> Tensor:
+    """Exact count of non-finite entries per gradient: float32 ``[len(grads)]``.
+
+    ``l2`` holds the gradients' L2 norms (``[len(grads)]``, on their device). A finite
+    norm implies finite entries (one NaN or inf makes the sum of squares non-finite),
+    so on the CPU, where reading ``l2`` costs no device sync, only gradients whose
+    norm is non-finite get the counting pass. On other devices every gradient is
+    counted: a host branch on ``l2`` there would sync each step.
+    """
+    if l2.device.type != "cpu":
+        return torch.stack([(~torch.isfinite(g)).sum() for g in grads]).float()
+    nf = torch.zeros(len(grads), dtype=torch.float32)
+    for i in (~torch.isfinite(l2)).nonzero().flatten().tolist():  # sync-ok: CPU tensor
+        nf[i] = (~torch.isfinite(grads[i])).sum()
+    return nf
