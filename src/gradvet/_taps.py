@@ -273,13 +273,11 @@ class LayerTaps:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             return None  # PackedSequence inputs: no per-time-step profile
         tdim = 0 if x.dim() == 2 else self.infos[i].time_dim or 0
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-            args = (x, *args[1:])
-        else:
-            args = None
+        # The hook goes on a tensor of ours, never on the caller's: a leaf input that
+        # requires grad would otherwise keep gradvet's hook after the Monitor is gone.
+        x = x.detach().requires_grad_(True) if not x.requires_grad else x.view_as(x)
         x.register_hook(partial(self._on_time_grad, i, tdim))
-        return args
+        return (x, *args[1:])
 
     def _on_time_grad(self, i: int, tdim: int, g: Tensor) -> None:
         if self.failed:

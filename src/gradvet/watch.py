@@ -121,7 +121,12 @@ def _read(path: Path) -> Optional[Run]:
 
 def _frame(path: Path) -> tuple[Any, bool]:
     """The renderable for the record at ``path`` and whether the run has ended."""
-    run = _read(path)
+    try:
+        run = _read(path)
+    except ValueError as e:
+        # The writer creates the file an instant before its tables: keep polling (and show
+        # why) rather than end a live view the run is about to fill.
+        return Text(f"waiting for {path} to become a gradvet record ({e}) ...", style="dim"), False
     if run is None:
         return Text(f"waiting for {path} ...", style="dim"), False
     done = str(run.meta.get("status", "")).startswith(("finished", "crashed"))

@@ -110,3 +110,24 @@ def test_time_profile_off():
     run, _ = monitored_step(model, torch.randn(2, 4, 4), _loss, time_profile=False)
     assert not [m for m in run.metrics if m.startswith("time/")]
     assert "layer/grad_norm" in run.metrics
+
+
+def test_time_hook_never_stays_on_the_callers_tensor():
+    """A leaf input that requires grad outlives the Monitor: no gradvet hook may stay on it,
+    and the profile still matches the plain autograd gradient per time step."""
+    import gradvet
+
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 5, batch_first=True)
+    x = torch.randn(4, 7, 3, requires_grad=True)
+    with gradvet.Monitor(rnn) as monitor:
+        out, _ = rnn(x)
+        out.sum().backward()
+        monitor.step(out.sum())
+    assert not x._backward_hooks
+    profile = monitor.report().layers[0].time_profile
+    np.testing.assert_allclose(profile, x.grad.norm(dim=(0, 2)).numpy(), rtol=1e-5)
+    before = x.grad.clone()
+    x.grad = None
+    rnn(x)[0].sum().backward()  # after the Monitor: plain autograd, nothing of ours runs
+    torch.testing.assert_close(x.grad, before)

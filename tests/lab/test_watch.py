@@ -65,3 +65,14 @@ def test_live_view_tails_a_record_until_the_run_finishes(tmp_path: Path) -> None
     assert writer.returncode == 0
     text = console.export_text()
     assert "steps 20" in text and "status finished" in text
+
+
+def test_live_view_waits_while_the_file_is_not_yet_a_record(tmp_path: Path) -> None:
+    from gradvet.watch import _frame
+
+    path = tmp_path / "starting.gradvet"
+    path.write_bytes(b"")  # the writer's connect() created the file; its tables are not there yet
+    frame, done = _frame(path)
+    assert not done and "waiting for" in frame.plain and "not a gradvet record" in frame.plain
+    with pytest.raises(ValueError, match="not a gradvet record"):
+        watch(path, once=True)  # a single frame has no later poll: the error is the answer
