@@ -90,6 +90,15 @@ def _to_device(obj: Any, device: str) -> Any:
     return obj
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda requested but CUDA is not available")
+
+
 @app.command()
 def check(
     factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
@@ -97,14 +106,10 @@ def check(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
     """Check a model before training. Exit 0 healthy, 1 findings, 2 usage error."""
-    import torch
 
     import gradvet
 
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter("--device cuda requested but CUDA is not available")
+    _check_device(device)
     model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
     try:
         model = model.to(device)
@@ -192,6 +197,7 @@ def treat(
     ),
     max_remedies: int = typer.Option(6, "--max-remedies", help="try at most this many remedies"),
     as_json: bool = typer.Option(False, "--json", help="print the before/after reports and attempts as JSON"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
     """Diagnose, apply remedies one at a time, re-check; print a before/after table.
 
@@ -199,9 +205,12 @@ def treat(
     """
     from gradvet.treat import treat as _treat
 
+    _check_device(device)
     model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
     try:
-        result = _treat(model, batch, loss_fn, remedies=remedy or None, max_remedies=max_remedies)
+        model = model.to(device)
+        result = _treat(model, _to_device(batch, device), loss_fn, remedies=remedy or None,
+                        max_remedies=max_remedies)
     except (TypeError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:

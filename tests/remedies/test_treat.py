@@ -283,3 +283,11 @@ def test_zoo_scenarios_are_healed(sid: str) -> None:
     assert result.healthy, [(a.remedy, a.outcome, a.reason) for a in result.attempts]
     assert ZOO_CASES[sid] in [r.id for r in result.applied]
     assert badness(result.after) < badness(result.before)
+
+
+def test_cli_treat_rejects_a_bad_device() -> None:
+    from gradvet.cli import app
+
+    res = CliRunner().invoke(app, ["treat", str(ROOT / "examples/sick.py:factory"), "--device", "tpu"])
+    assert res.exit_code == 2
+    assert "--device must be cpu or cuda" in res.output
