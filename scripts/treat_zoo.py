@@ -83,10 +83,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--markdown", default=None, help="write the table as markdown here")
+    ap.add_argument("--only", nargs="+", default=None, help="scenario id prefixes to run (default: all)")
     args = ap.parse_args()
     rows, training = [], []
     for sc in scenarios(tuple(args.seeds)):
-        if sc.healthy:
+        if sc.healthy or (args.only and not sc.id.startswith(tuple(args.only))):
             continue
         if sc.train is not None:
             model, batch, loss_fn = sc.build(args.seeds[0])
