@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-_OUTCOME_STYLE = {"kept": "green", "reverted": "yellow", "no change": "dim", "not applicable": "dim"}
+_OUTCOME_STYLE = {"kept": "green", "reverted": "yellow", "no change": "dim", "not applicable": "dim", "failed": "red"}
 
 
 def _sci(x: Optional[float]) -> str:

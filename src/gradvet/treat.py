@@ -15,6 +15,7 @@ after treatment are returned in ``result.prescriptions`` with their snippets.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from gradvet.errors import GradvetUsageError
 from gradvet.findings import Remedy
 from gradvet.report import Report
 
+log = logging.getLogger(__name__)
+
 _SEVERITY_COST = {"error": 10.0, "warning": 3.0, "info": 0.0}
 _MIN_GAIN = 0.25  # a remedy must lower the badness by this much to be kept
 
@@ -40,7 +43,8 @@ class Attempt:
     Attributes:
         remedy: the remedy id.
         outcome: ``"kept"``, ``"reverted"`` (re-check not better), ``"no change"``
-            (already applied) or ``"not applicable"``.
+            (already applied), ``"not applicable"`` or ``"failed"`` (the remedy or the
+            re-check of its result raised; the model is left as it was).
         reason: why (the remedy's refusal, or the badness before -> after).
         badness_before, badness_after: the score compared (see :func:`badness`).
         kinds_after: finding kinds of the re-check (empty when not measured).
@@ -194,19 +198,23 @@ def treat(
             break
         rid = queue[0]
         tried.add(rid)
-        ok, why = applicable(rid, current, batch=batch)
-        if not ok:
-            attempts.append(Attempt(rid, "not applicable", why))
-            continue
         try:
+            ok, why = applicable(rid, current, batch=batch)
+            if not ok:
+                attempts.append(Attempt(rid, "not applicable", why))
+                continue
             res = apply_remedy(rid, current, inplace=False, batch=batch)
+            if not res:
+                attempts.append(Attempt(rid, "no change", "already applied"))
+                continue
+            new = check(res.model, batch, loss_fn, **check_kwargs)
         except RemedyNotApplicable as err:
             attempts.append(Attempt(rid, "not applicable", str(err)))
             continue
-        if not res:
-            attempts.append(Attempt(rid, "no change", "already applied"))
+        except Exception as err:  # one remedy failing on an unusual model must not end the treatment
+            log.warning("gradvet.treat: remedy %s failed: %s", rid, err)
+            attempts.append(Attempt(rid, "failed", f"{type(err).__name__}: {err}"))
             continue
-        new = check(res.model, batch, loss_fn, **check_kwargs)
         b0, b1 = badness(report), badness(new)
         better = new.healthy or b1 <= b0 - _MIN_GAIN
         attempts.append(

@@ -66,7 +66,7 @@ def test_deep_sigmoid_net_is_healed_and_verdict_is_measured(sick_treated) -> Non
     assert "vanishing_gradients" in result.before.kinds()
     assert result.healthy and result.after.healthy
     assert result.applied and result.applied[0].id.startswith("activation:")
-    assert all(a.outcome in ("kept", "reverted", "no change", "not applicable") for a in result.attempts)
+    assert all(a.outcome in ("kept", "reverted", "no change", "not applicable", "failed") for a in result.attempts)
     assert [r.id for r in result.applied] == [a.remedy for a in result.attempts if a.outcome == "kept"]
     # the verdict is a re-check of the returned model, not a claim: check it again independently
     again = gradvet.check(result.model, batch, F.cross_entropy)
@@ -291,3 +291,18 @@ def test_cli_treat_rejects_a_bad_device() -> None:
     res = CliRunner().invoke(app, ["treat", str(ROOT / "examples/sick.py:factory"), "--device", "tpu"])
     assert res.exit_code == 2
     assert "--device must be cpu or cuda" in res.output
+
+
+def test_a_failing_remedy_is_recorded_and_the_treatment_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradvet.remedies import MODEL_REMEDIES
+
+    def broken(model, *, batch=None, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(MODEL_REMEDIES, "activation:relu", broken)
+    model, batch = sigmoid_mlp(depth=8, seed=3), digits(128)
+    result = gradvet.treat(model, batch, F.cross_entropy, remedies=["activation:relu", "norm:batch"])
+    first = result.attempts[0]
+    assert (first.remedy, first.outcome) == ("activation:relu", "failed") and "boom" in first.reason
+    assert result.attempts[1].remedy == "norm:batch" and result.attempts[1].outcome == "kept"
+    assert result.healthy
