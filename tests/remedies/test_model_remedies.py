@@ -118,6 +118,13 @@ def img_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
+def broken_mlp() -> nn.Module:
+    model = sigmoid_mlp(4, 16)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, nn.Linear)).weight[0, 0] = float("inf")  # inf: torch.equal(nan, nan) is False
+    return model
+
+
 # id -> (model builder, batch, kwargs): a model on which the remedy changes something.
 CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     **{rid: (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}) for rid in MODEL_REMEDIES if rid.startswith("activation:")},
@@ -129,6 +136,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "init:chrono": (lambda: SeqNet("LSTM"), seq_batch(), {}),
     "init:zero_residual": (ResNetLike, img_batch(), {}),
     "init:reset_bias": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
+    "init:reset_nonfinite": (broken_mlp, mlp_batch(), {}),
     "norm:batch": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:layer": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:rms": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),

@@ -306,3 +306,35 @@ def test_a_failing_remedy_is_recorded_and_the_treatment_goes_on(monkeypatch: pyt
     assert (first.remedy, first.outcome) == ("activation:relu", "failed") and "boom" in first.reason
     assert result.attempts[1].remedy == "norm:batch" and result.attempts[1].outcome == "kept"
     assert result.healthy
+
+
+# -- non-finite weights ---------------------------------------------------------------
+def test_reinit_nonfinite_resets_only_the_broken_layer() -> None:
+    from gradvet.remedies import RemedyNotApplicable, apply_remedy
+    from gradvet.zoo import InfWeightNet
+
+    torch.manual_seed(0)
+    model = InfWeightNet()
+    res = apply_remedy("init:reset_nonfinite", model)
+    assert [c.module for c in res.changes] == ["fc2"] and "1 non-finite" in res.changes[0].old
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
+    for name in ("fc1", "fc3"):  # untouched, bit for bit
+        for p, q in zip(getattr(model, name).parameters(), getattr(res.model, name).parameters()):
+            assert torch.equal(p, q)
+    assert not apply_remedy("init:reset_nonfinite", res.model, inplace=True)  # idempotent
+    with pytest.raises(RemedyNotApplicable, match="every parameter is finite"):
+        apply_remedy("init:reset_nonfinite", nn.Linear(2, 2))
+
+
+def test_nonfinite_weights_are_named_and_treated() -> None:
+    from gradvet.zoo import InfWeightNet
+
+    torch.manual_seed(0)
+    model, batch = InfWeightNet(), digits(64)
+    report = gradvet.check(model, batch, F.cross_entropy)
+    f = report.finding("nonfinite_gradients")
+    assert f is not None and f.remedies[0].id == "init:reset_nonfinite"
+    assert f.causes[0].id == "nonfinite_weights" and "fc2.weight" in f.causes[0].reason
+    result = gradvet.treat(model, batch, F.cross_entropy)
+    assert result.healthy and [r.id for r in result.applied] == ["init:reset_nonfinite"]
+    assert math.isfinite(sgd_loss(result.model, batch, steps=20))

@@ -27,6 +27,20 @@ def _bad_param_steps(run: Run) -> np.ndarray:
     return np.asarray((np.nan_to_num(s.values.astype(np.float64), nan=0.0) > 0).any(axis=1))
 
 
+def _nonfinite_weights(run: Run) -> list[str]:
+    """Parameters whose norm is non-finite at the first step that measured parameter norms
+    (a row with at least one finite norm; economy profiles measure them every k steps)."""
+    s = run.get("param/param_norm")
+    if s is None:
+        return []
+    vals = s.values.astype(np.float64)
+    measured = [row for row in vals if np.isfinite(row).any()]
+    if not measured:
+        return []
+    names = run.param_names()
+    return [names[i] for i in np.where(~np.isfinite(measured[0]))[0]]
+
+
 def _birthplace(run: Run) -> tuple[Optional[str], str]:
     out = run.get("layer/out_nonfinite")
     grad = run.get("layer/grad_nonfinite")
@@ -85,9 +99,15 @@ def nonfinite_rule(run: Run) -> list[Finding]:
     if born:
         evidence += f"; the NaN/Inf is born at {born!r}: {how}"
     causes = [Cause("birthplace", f"{born!r}: {how}", 0.9)] if born else []
+    bad_weights = _nonfinite_weights(run)
+    if bad_weights:
+        causes.insert(0, Cause("nonfinite_weights", f"parameters {bad_weights} hold NaN/Inf values: every forward "
+                               "pass through them is non-finite, whatever the data", 0.95))
     causes.append(Cause("exploding", "gradients or activations that grew until they overflowed", 0.6))
     causes.append(Cause("numerics", "an operation outside its domain (log of 0, division by 0, sqrt of a "
                         "negative number) in the layer where the NaN is born", 0.5))
     rems = [remedy("skip_nonfinite", 0.8), remedy("clip:norm", 0.7), remedy("lr:lower", 0.6)]
+    if bad_weights:
+        rems.insert(0, remedy("init:reset_nonfinite", 0.9, f"{bad_weights[0]!r} is not finite"))
     return [Finding("nonfinite_gradients", "error", layers, evidence, causes, rems,
                     {"first_step": first, "parameters": bad_params, "born_at": born})]

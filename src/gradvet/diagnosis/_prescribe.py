@@ -69,6 +69,11 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "(Lu et al., 2019)",
         _APPLY,
     ),
+    "init:reset_nonfinite": (
+        "re-initialise the layers whose weights hold NaN/Inf (or load them from an earlier checkpoint): "
+        "no optimizer step can repair a non-finite weight",
+        _APPLY,
+    ),
     "norm:batch": (
         "insert BatchNorm after each Linear/Conv: it re-centres and re-scales every layer's input "
         "(Ioffe & Szegedy, 2015)",

@@ -17,6 +17,7 @@ from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, r
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
 from gradvet.remedies._registry import MODEL_REMEDIES, applicable, apply_remedy
+from gradvet.remedies._reset import reinit_nonfinite
 from gradvet.remedies._residual import Residual, add_residual, zero_init_residual
 from gradvet.remedies._result import Change, RemedyNotApplicable, RemedyResult
 from gradvet.remedies._transforms import (
@@ -53,6 +54,7 @@ __all__ = [
     "init_xavier",
     "insert_norm",
     "lsuv_init",
+    "reinit_nonfinite",
     "reset_biases",
     "skip_nonfinite",
     "swap_activations",

@@ -25,6 +25,7 @@ from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, r
 from gradvet.remedies._layout import weighted_layers
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
+from gradvet.remedies._reset import reinit_nonfinite
 from gradvet.remedies._residual import add_residual, zero_init_residual
 from gradvet.remedies._result import Change, RemedyNotApplicable, RemedyResult
 
@@ -66,6 +67,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "init:chrono": _chrono,
     "init:zero_residual": _ignoring_batch(zero_init_residual),
     "init:reset_bias": _ignoring_batch(reset_biases),
+    "init:reset_nonfinite": _ignoring_batch(reinit_nonfinite),
     "norm:batch": _ignoring_batch(insert_norm, kind="batch"),
     "norm:layer": _ignoring_batch(insert_norm, kind="layer"),
     "norm:rms": _ignoring_batch(insert_norm, kind="rms"),
