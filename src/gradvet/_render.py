@@ -85,7 +85,12 @@ def render_report(report: Any) -> Any:
     yield Group(*parts)
 
 
-def report_to_text(report: Any, width: int = 120) -> str:
+def to_text(renderable: Any, width: int = 120) -> str:
+    """Plain text of any rich renderable (for ``str()``, logs and tests)."""
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-    console.print(report)
+    console.print(renderable)
     return console.export_text()
+
+
+def report_to_text(report: Any, width: int = 120) -> str:
+    return to_text(report, width)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Optional
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from gradvet._render import to_text
 
 _OUTCOME_STYLE = {"kept": "green", "reverted": "yellow", "no change": "dim", "not applicable": "dim", "failed": "red"}
 
@@ -75,6 +76,4 @@ def render_treat(result: Any) -> Group:
 
 def treat_to_text(result: Any, width: int = 120) -> str:
     """Plain-text rendering (for logs and tests)."""
-    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
-    console.print(render_treat(result))
-    return console.export_text()
+    return to_text(render_treat(result), width)

@@ -58,6 +58,11 @@ def _train(label: str, model: nn.Module, steps: int, seed: int) -> DemoRun:
     return DemoRun(label, monitor.report(), float(loss.detach()), float(acc))
 
 
+def _check_steps(steps: Any) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"run_demo: steps must be an int >= 1, got {steps!r}")
+
+
 def treat_model(seed: int = 0) -> tuple[nn.Module, Any]:
     """The sick sigmoid MLP and ``gradvet.treat``'s result for it (diagnosed on one batch)."""
     torch.manual_seed(seed)
@@ -69,8 +74,7 @@ def treat_model(seed: int = 0) -> tuple[nn.Module, Any]:
 
 def run_models(steps: int = 60, seed: int = 0, treated: Any = None) -> tuple[DemoRun, DemoRun]:
     """Train the sigmoid MLP and its treated twin; same data order, same seed."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"run_demo: steps must be an int >= 1, got {steps!r}")
+    _check_steps(steps)
     model, result = treated if treated is not None else treat_model(seed)
     sick = _train("sigmoid, default init", model, steps, seed)
     label = "treated: " + " + ".join(r.id for r in result.applied) if result.applied else "treated (no change)"
@@ -169,8 +173,7 @@ def run_demo(console: Optional[Console] = None, steps: int = 60, seed: int = 0) 
         "handwritten digits with plain SGD. gradvet.treat diagnoses it on one batch and applies the remedies "
         "it ranks, re-checking after each; then both nets train, watched by gradvet.Monitor(profile='full').",
         title="gradvet demo"))
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"run_demo: steps must be an int >= 1, got {steps!r}")
+    _check_steps(steps)
     with console.status("diagnosing and treating..."):
         treated = treat_model(seed)
     console.rule("gradvet.treat")

@@ -169,7 +169,7 @@ def treat(
         >>> result.healthy, [r.id for r in result.applied]  # doctest: +SKIP
         (True, ['activation:relu', 'init:kaiming'])
     """
-    from gradvet.remedies import MODEL_REMEDIES, RemedyNotApplicable, applicable, apply_remedy
+    from gradvet.remedies import MODEL_REMEDIES, RemedyNotApplicable, apply_remedy
 
     require_module(model, "treat")
     if not isinstance(max_remedies, int) or max_remedies < 0:
@@ -199,13 +199,11 @@ def treat(
         rid = queue[0]
         tried.add(rid)
         try:
-            ok, why = applicable(rid, current, batch=batch)
-            if not ok:
-                attempts.append(Attempt(rid, "not applicable", why))
-                continue
+            # apply_remedy works on a copy and says itself when it cannot act (raises) or
+            # has nothing left to do (an empty result): no separate applicable() dry run
             res = apply_remedy(rid, current, inplace=False, batch=batch)
             if not res:
-                attempts.append(Attempt(rid, "no change", "already applied"))
+                attempts.append(Attempt(rid, "no change", f"{rid} was applied already: nothing would change"))
                 continue
             new = check(res.model, batch, loss_fn, **check_kwargs)
         except RemedyNotApplicable as err:

@@ -106,8 +106,8 @@ def _finite_cpu_stats(y32: Tensor, sat: Optional[Tensor]) -> Optional[Tensor]:
     n = float(y32.numel())
     c = float(np.float32(pilot / float(np.float32(n))))  # the float32 quotient torch computes
     d = y32 - c
-    s1 = d.sum().item()
-    norm = torch.linalg.vector_norm(d).item()
+    s1 = d.sum().item()  # sync-ok: a CPU tensor
+    norm = torch.linalg.vector_norm(d).item()  # sync-ok: a CPU tensor
     total, squares = _shift_back(s1, norm * norm, n, c)
     saturated = float(sat) if sat is not None else 0.0
     return torch.tensor([total, squares, n, saturated, 0.0], dtype=torch.float64)
