@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -184,43 +184,79 @@ def treat(
                 f"Valid: {sorted(MODEL_REMEDIES)}"
             )
 
+    def attempt(rid: str, base: nn.Module) -> Union[Attempt, tuple[Any, Report]]:
+        """Apply ``rid`` to a copy of ``base`` and re-check it: ``(result, re-check)``, or the Attempt saying why not."""
+        try:
+            # apply_remedy works on a copy and says itself when it cannot act (raises) or
+            # has nothing left to do (an empty result): no separate applicable() dry run
+            res = apply_remedy(rid, base, inplace=False, batch=batch)
+            if not res:
+                return Attempt(rid, "no change", f"{rid} was applied already: nothing would change")
+            return res, check(res.model, batch, loss_fn, **check_kwargs)
+        except RemedyNotApplicable as err:
+            return Attempt(rid, "not applicable", str(err))
+        except Exception as err:  # one remedy failing on an unusual model must not end the treatment
+            log.warning("gradvet.treat: remedy %s failed: %s", rid, err)
+            return Attempt(rid, "failed", f"{type(err).__name__}: {err}")
+
+    def candidates(rep: Report) -> list[str]:
+        if remedies is not None:
+            return [r for r in remedies if r not in tried]
+        return [r.id for r in ranked_remedies(rep) if r.id in MODEL_REMEDIES and r.id not in tried]
+
     before = check(model, batch, loss_fn, **check_kwargs)
     current, report = model, before
     applied: list[Any] = []
     attempts: list[Attempt] = []
     tried: set[str] = set()
     while not report.healthy and len(attempts) < max_remedies:
-        if remedies is not None:
-            queue = [r for r in remedies if r not in tried]
-        else:
-            queue = [r.id for r in ranked_remedies(report) if r.id in MODEL_REMEDIES and r.id not in tried]
+        queue = candidates(report)
         if not queue:
             break
         rid = queue[0]
         tried.add(rid)
-        try:
-            # apply_remedy works on a copy and says itself when it cannot act (raises) or
-            # has nothing left to do (an empty result): no separate applicable() dry run
-            res = apply_remedy(rid, current, inplace=False, batch=batch)
-            if not res:
-                attempts.append(Attempt(rid, "no change", f"{rid} was applied already: nothing would change"))
-                continue
-            new = check(res.model, batch, loss_fn, **check_kwargs)
-        except RemedyNotApplicable as err:
-            attempts.append(Attempt(rid, "not applicable", str(err)))
+        tried_one = attempt(rid, current)
+        if isinstance(tried_one, Attempt):
+            attempts.append(tried_one)
             continue
-        except Exception as err:  # one remedy failing on an unusual model must not end the treatment
-            log.warning("gradvet.treat: remedy %s failed: %s", rid, err)
-            attempts.append(Attempt(rid, "failed", f"{type(err).__name__}: {err}"))
-            continue
+        res, new = tried_one
         b0, b1 = badness(report), badness(new)
-        better = new.healthy or b1 <= b0 - _MIN_GAIN
-        attempts.append(
-            Attempt(rid, "kept" if better else "reverted", f"badness {b0:.2f} -> {b1:.2f}", b0, b1, tuple(new.kinds()))
-        )
-        if better:
+        if new.healthy or b1 <= b0 - _MIN_GAIN:
+            attempts.append(Attempt(rid, "kept", f"badness {b0:.2f} -> {b1:.2f}", b0, b1, tuple(new.kinds())))
             current, report = res.model, new
             applied.append(res)
+            continue
+        # Some cures work only in pairs (a GRU in place of an RNN needs its gate biases set): before
+        # reverting, try the re-check's own first remedy on top, once. The pair is kept only if it
+        # beats that second remedy alone, so a remedy that does nothing cannot ride along.
+        reason = f"badness {b0:.2f} -> {b1:.2f}"
+        follow = next((f for f in candidates(new) if f != rid), None)
+        if follow is not None and len(attempts) + 2 <= max_remedies:
+            pair = attempt(follow, res.model)
+            if isinstance(pair, Attempt):
+                reason += f"; with {follow} on top: {pair.outcome}"
+            else:
+                res2, new2 = pair
+                b2 = badness(new2)
+                reason += f"; with {follow} on top: {b2:.2f}"
+                if new2.healthy or b2 <= b0 - _MIN_GAIN:
+                    alone = attempt(follow, current)
+                    if isinstance(alone, Attempt):
+                        wins = True
+                    else:
+                        b3 = badness(alone[1])
+                        wins = (new2.healthy and not alone[1].healthy) or b2 <= b3 - _MIN_GAIN
+                        reason += f" ({follow} alone: {b3:.2f})"
+                    if wins:
+                        tried.add(follow)
+                        attempts.append(Attempt(rid, "kept", f"badness {b0:.2f} -> {b1:.2f}, kept with {follow}",
+                                                b0, b1, tuple(new.kinds())))
+                        attempts.append(Attempt(follow, "kept", f"badness {b1:.2f} -> {b2:.2f} "
+                                                f"({b0:.2f} before {rid})", b1, b2, tuple(new2.kinds())))
+                        current, report = res2.model, new2
+                        applied += [res, res2]
+                        continue
+        attempts.append(Attempt(rid, "reverted", reason, b0, b1, tuple(new.kinds())))
 
     if current is model:
         current = model if inplace else copy.deepcopy(model)

@@ -141,6 +141,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "norm:layer": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:rms": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "residual": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
+    "arch:gated_rnn": (lambda: SeqNet("RNN"), seq_batch(), {}),
 }
 
 
@@ -212,8 +213,8 @@ def test_unknown_id_lists_the_valid_ids() -> None:
     assert all(rid in str(e.value) for rid in MODEL_REMEDIES)
 
 
-@pytest.mark.parametrize("rid", ["clip:norm", "lr:lower", "optim:adam", "data:normalize", "arch:gated_rnn",
-                                 "optim:param_groups", "skip_nonfinite"])
+@pytest.mark.parametrize("rid", ["clip:norm", "lr:lower", "optim:adam", "data:normalize", "optim:param_groups",
+                                 "skip_nonfinite"])
 def test_prescription_only_id_shows_the_snippet(rid: str) -> None:
     with pytest.raises(GradvetUsageError, match="training-loop change|architecture change") as e:
         apply_remedy(rid, sigmoid_mlp(3, 8))

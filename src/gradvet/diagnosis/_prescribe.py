@@ -1,9 +1,9 @@
 """The remedy catalogue: one prescription per remedy id, with a snippet to paste.
 
 Ids match ``gradvet.remedies`` (the treatment module applies the model-editing
-ones; ``clip:*``, ``optim:*``, ``lr:*``, ``skip_nonfinite``, ``data:*`` and
-``arch:*`` are changes to the training loop or the architecture that gradvet
-prescribes but does not apply silently).
+ones, ``arch:gated_rnn`` included; ``clip:*``, ``optim:*``, ``lr:*``,
+``skip_nonfinite`` and ``data:*`` are changes to the training loop or the data
+that gradvet prescribes but does not apply silently).
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "x = (x - x_train.mean(0)) / (x_train.std(0) + 1e-8)",
     ),
     "arch:gated_rnn": (
-        "replace the plain RNN by an LSTM or GRU, whose gated cell state carries gradients over "
-        "long spans (Hochreiter & Schmidhuber, 1997; Cho et al., 2014)",
-        "self.rnn = torch.nn.LSTM(input_size, hidden_size, batch_first=True)",
+        "replace the plain RNN by a GRU (a drop-in: same sizes, inputs and outputs), whose gated state "
+        "carries gradients over long spans (Hochreiter & Schmidhuber, 1997; Cho et al., 2014)",
+        _APPLY + "  # nn.RNN -> nn.GRU; or in your code: torch.nn.GRU(input_size, hidden_size, batch_first=True)",
     ),
     "optim:param_groups": (
         "check the optimizer: every trained parameter must be in a param group with a useful learning rate",

@@ -20,6 +20,7 @@ from gradvet._validate import require_module
 from gradvet.diagnosis._prescribe import CATALOGUE
 from gradvet.errors import GradvetUsageError
 from gradvet.remedies._activations import swap_activations
+from gradvet.remedies._gated import gate_rnns
 from gradvet.remedies._gates import chrono_init, init_forget_gate_bias
 from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, reset_biases
 from gradvet.remedies._layout import weighted_layers
@@ -72,6 +73,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "norm:layer": _ignoring_batch(insert_norm, kind="layer"),
     "norm:rms": _ignoring_batch(insert_norm, kind="rms"),
     "residual": _ignoring_batch(add_residual),
+    "arch:gated_rnn": _ignoring_batch(gate_rnns),
 }
 
 
