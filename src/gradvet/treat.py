@@ -3,7 +3,10 @@
 Each remedy the diagnosis ranks is tried on a copy of the model and re-checked on
 the same batch; it is kept only when the re-check is measurably better (fewer or
 milder findings, or a gradient signal that spans fewer decades across layers or
-time steps), and the loop stops as soon as the re-check is healthy. Nothing is
+time steps), and the loop stops as soon as the re-check is healthy. A remedy that
+does not pay off alone gets one chance in a pair with the re-check's next remedy
+(an RNN swapped for a GRU still vanishes until its gate biases are set), kept
+only if the pair beats that next remedy alone. Nothing is
 reported as fixed that was not measured: ``result.after`` is the re-check of the
 returned model, and ``result.healthy`` is its verdict.
 

@@ -37,6 +37,7 @@ from gradvet.remedies import (
     swap_activations,
     zero_init_residual,
 )
+from gradvet.zoo import NanNet
 
 torch.set_num_threads(1)
 DEVICE = torch.device(os.environ.get("GRADVET_TEST_DEVICE", "cpu"))
@@ -142,6 +143,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "norm:rms": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "residual": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "arch:gated_rnn": (lambda: SeqNet("RNN"), seq_batch(), {}),
+    "guard:domain": (NanNet, mlp_batch(d=64), {}),
 }
 
 
@@ -510,15 +512,35 @@ def test_zero_init_residual_torchvision_block_is_identity_plus_relu() -> None:
 
 
 def test_zero_init_residual_gradvet_wrapper_and_transformer() -> None:
-    model = nn.Sequential(Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU())), nn.Linear(8, 2))
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual(nn.Sequential(nn.ReLU(), nn.Linear(8, 8))), nn.Linear(8, 2))
     zero_init_residual(model)
     x = torch.randn(3, 8)
     torch.testing.assert_close(model[0](x), x)
+    # pre-activation branch: identity at init, and the zeroed layer still gets a gradient (plain autograd)
+    with torch.enable_grad():
+        model(x).sum().backward()
+    assert float(model[0].fn[1].weight.grad.norm()) > 0
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
     names = [c.module for c in zero_init_residual(layer)]
     assert names == ["self_attn.out_proj", "linear2"]
     x = torch.randn(2, 5, 16)
     torch.testing.assert_close(layer(x), x)
+
+
+def test_zero_init_residual_refuses_branches_that_end_in_relu() -> None:
+    """Zeroing Linear in x + relu(Linear(x)) leaves relu at 0 with gradient 0: the branch would never learn."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU())), nn.Linear(8, 2))
+    with pytest.raises(RemedyNotApplicable, match="never learn"):
+        zero_init_residual(model)
+    # the reason, in plain autograd: zero the layer by hand and its gradient is exactly 0
+    with torch.no_grad():
+        model[0].fn[0].weight.zero_()
+        model[0].fn[0].bias.zero_()
+    with torch.enable_grad():
+        model(torch.randn(3, 8)).sum().backward()
+    assert float(model[0].fn[0].weight.grad.abs().max()) == 0.0
 
 
 def test_zero_init_residual_by_name_and_refusal() -> None:
@@ -622,7 +644,8 @@ def test_remedies_repair_vanishing_gradients(seed: int) -> None:
     assert grad_ratio(apply_remedy("residual", model).model, x, y) > 1e4 * before
 
 
-@pytest.mark.parametrize("name", ["_activations", "_init", "_gates", "_lsuv", "_norm", "_residual", "_registry"])
+@pytest.mark.parametrize("name", ["_activations", "_domain", "_init", "_gates", "_lsuv", "_norm", "_residual",
+                                  "_registry"])
 def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(f"gradvet.remedies.{name}")
     with torch.enable_grad():

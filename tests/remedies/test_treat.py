@@ -138,14 +138,16 @@ def test_exploding_rnn_is_treated_by_reinitialising_the_recurrence() -> None:
     assert badness(result.after) < badness(result.before)
 
 
-def test_nan_born_in_forward_is_not_claimed_fixed() -> None:
+def test_nan_born_in_forward_is_guarded_and_the_verdict_measured() -> None:
     torch.manual_seed(0)
     model, batch = NanNet(), digits(64)
     result = gradvet.treat(model, batch, F.cross_entropy)
     assert "nonfinite_gradients" in result.before.kinds()
-    assert result.healthy == gradvet.check(result.model, batch, F.cross_entropy).healthy
-    if not result.healthy:
-        assert result.prescriptions, "remaining findings must come with the training-loop prescriptions"
+    assert [r.id for r in result.applied] == ["guard:domain"]
+    assert [(c.module, c.what) for c in result.applied[0].changes] == [("log", "wrap")]
+    recheck = gradvet.check(result.model, batch, F.cross_entropy)
+    assert result.healthy and recheck.healthy and result.after.kinds() == recheck.kinds()
+    assert not isinstance(model.log, gradvet.remedies.DomainGuard), "the original is left untouched"
 
 
 def test_bad_arguments_raise_clear_errors() -> None:

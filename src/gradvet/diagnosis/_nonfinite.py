@@ -19,6 +19,8 @@ from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
+_FORWARD_BIRTH = "its forward output is non-finite"
+
 
 def _bad_param_steps(run: Run) -> np.ndarray:
     s = run.get("param/grad_nonfinite")
@@ -51,7 +53,7 @@ def _birthplace(run: Run) -> tuple[Optional[str], str]:
         o = np.nan_to_num(out.values[r].astype(np.float64), nan=0.0)
         for layer in ordered:
             if o[layer["index"]] > 0:
-                return layer["name"], f"its forward output is non-finite at step {int(out.steps[r])}"
+                return layer["name"], f"{_FORWARD_BIRTH} at step {int(out.steps[r])}"
         if grad is not None:
             g = np.nan_to_num(grad.values[r].astype(np.float64), nan=0.0)
             for layer in reversed(ordered):
@@ -109,5 +111,7 @@ def nonfinite_rule(run: Run) -> list[Finding]:
     rems = [remedy("skip_nonfinite", 0.8), remedy("clip:norm", 0.7), remedy("lr:lower", 0.6)]
     if bad_weights:
         rems.insert(0, remedy("init:reset_nonfinite", 0.9, f"{bad_weights[0]!r} is not finite"))
+    elif born and how.startswith(_FORWARD_BIRTH):
+        rems.insert(0, remedy("guard:domain", 0.85, f"the NaN/Inf is born in {born!r}'s forward output"))
     return [Finding("nonfinite_gradients", "error", layers, evidence, causes, rems,
                     {"first_step": first, "parameters": bad_params, "born_at": born})]

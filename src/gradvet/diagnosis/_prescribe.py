@@ -74,6 +74,14 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "no optimizer step can repair a non-finite weight",
         _APPLY,
     ),
+    "guard:domain": (
+        "wrap the layer where NaN/Inf is born in a DomainGuard that clamps its inputs to the op's domain "
+        "(at least 1/20 of the inputs' RMS for log, sqrt, 1/x; below the exp overflow bound), measured on the "
+        "batch: a guard that "
+        "keeps training alive and proves the cause; then fix the op in your code, e.g. "
+        "torch.log(x.clamp_min(1e-6)) (Goodfellow et al., 2016, sec. 4.1)",
+        "model = gradvet.remedies.apply_remedy('guard:domain', model, batch=batch).model",
+    ),
     "norm:batch": (
         "insert BatchNorm after each Linear/Conv: it re-centres and re-scales every layer's input "
         "(Ioffe & Szegedy, 2015)",

@@ -12,6 +12,7 @@ model they are given in place and return their list of changes.
 """
 
 from gradvet.remedies._activations import ACT_FACTORIES, create_act, swap_activations
+from gradvet.remedies._domain import DomainGuard, guard_domain
 from gradvet.remedies._gated import gate_rnns
 from gradvet.remedies._gates import chrono_init, init_forget_gate_bias
 from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, reset_biases
@@ -35,6 +36,7 @@ __all__ = [
     "ACT_FACTORIES",
     "MODEL_REMEDIES",
     "Change",
+    "DomainGuard",
     "GradientTransform",
     "RemedyNotApplicable",
     "RemedyResult",
@@ -50,6 +52,7 @@ __all__ = [
     "clip_by_value",
     "create_act",
     "gate_rnns",
+    "guard_domain",
     "init_forget_gate_bias",
     "init_kaiming",
     "init_orthogonal",

@@ -20,6 +20,7 @@ from gradvet._validate import require_module
 from gradvet.diagnosis._prescribe import CATALOGUE
 from gradvet.errors import GradvetUsageError
 from gradvet.remedies._activations import swap_activations
+from gradvet.remedies._domain import guard_domain
 from gradvet.remedies._gated import gate_rnns
 from gradvet.remedies._gates import chrono_init, init_forget_gate_bias
 from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, reset_biases
@@ -49,6 +50,14 @@ def _lsuv(model: nn.Module, *, batch: Any = None, **kw: Any) -> list[Change]:
     return lsuv_init(model, batch, **kw)
 
 
+def _guard_domain(model: nn.Module, *, batch: Any = None, **kw: Any) -> list[Change]:
+    if batch is None:
+        raise RemedyNotApplicable("guard:domain finds where non-finite values are born by running the batch: "
+                                  "pass batch=(inputs, targets), e.g. apply_remedy('guard:domain', model, "
+                                  "batch=batch)")
+    return guard_domain(model, batch, **kw)
+
+
 def _chrono(model: nn.Module, *, batch: Any = None, **kw: Any) -> list[Change]:
     return chrono_init(model, batch=batch, **kw)
 
@@ -74,6 +83,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "norm:rms": _ignoring_batch(insert_norm, kind="rms"),
     "residual": _ignoring_batch(add_residual),
     "arch:gated_rnn": _ignoring_batch(gate_rnns),
+    "guard:domain": _guard_domain,
 }
 
 
@@ -100,7 +110,7 @@ def apply_remedy(rid: str, model: nn.Module, *, inplace: bool = False, batch: An
             ``'norm:batch'``, ``'residual'``.
         model: the model; left untouched unless ``inplace``.
         inplace: edit ``model`` itself instead of a ``copy.deepcopy`` (same device and dtype).
-        batch: ``(inputs, targets)``, needed by ``init:lsuv`` and read by ``init:chrono``.
+        batch: ``(inputs, targets)``, needed by ``init:lsuv`` and ``guard:domain``, read by ``init:chrono``.
         **kwargs: passed to the remedy function (e.g. ``t_max=`` for ``init:chrono``,
             ``mode='fan_out'`` for ``init:kaiming``).
 

@@ -203,6 +203,19 @@ def _branch_end(block: nn.Module) -> list[str]:
     return [mods[last][0]]
 
 
+def _zero_kills(block: nn.Module, rel: str) -> bool:
+    """Whether zeroing ``rel`` would leave a ReLU of ``block``'s branch at 0, where its gradient is 0.
+
+    Known only for gradvet's :class:`Residual`, whose branch is a Sequential run in order;
+    other blocks register modules in an order that need not be their forward order.
+    """
+    if not isinstance(block, Residual) or not isinstance(block.fn, nn.Sequential):
+        return False
+    names = [n for n, _ in block.named_modules()]
+    after = names[names.index(rel) + 1:] if rel in names else []
+    return any(isinstance(block.get_submodule(n), (nn.ReLU, nn.ReLU6)) for n in after)
+
+
 def _find_blocks(model: nn.Module, blocks: Optional[Iterable[str]]) -> list[tuple[str, nn.Module]]:
     named = dict(model.named_modules())
     if blocks is not None:
@@ -224,8 +237,9 @@ def zero_init_residual(model: nn.Module, blocks: Optional[Iterable[str]] = None)
 
     For a branch ending in a norm (``conv -> bn`` as in ResNets) the norm's scale ``gamma``
     is zeroed, else the weight and bias of the branch's last Linear/Conv; the block then
-    computes ``x + 0`` at init (exactly, when the branch's activation maps 0 to 0, e.g. ReLU
-    or tanh; ``x + act(0)`` otherwise). Residual blocks cannot be recognised from
+    computes ``x + 0`` at init. A gradvet :class:`Residual` whose branch ends in a ReLU after
+    that layer is skipped: the ReLU would sit at 0, where its gradient is 0, and the
+    branch could never learn (pre-activation order, ``x + W relu(x)``, avoids this). Residual blocks cannot be recognised from
     ``forward`` statically, so a block is: a name in ``blocks``, a gradvet
     :class:`Residual`, a module with ``residual = True``, a torchvision-like block (``bn3``, or
     ``bn2`` and ``conv2``), a class named ``*Res*Block*``, ``BasicBlock`` or ``Bottleneck``,
@@ -244,13 +258,23 @@ def zero_init_residual(model: nn.Module, blocks: Optional[Iterable[str]] = None)
         RemedyNotApplicable: no residual block found.
 
     Example:
-        >>> model = nn.Sequential(Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU())), nn.Linear(8, 2))
+        >>> model = nn.Sequential(Residual(nn.Sequential(nn.ReLU(), nn.Linear(8, 8))), nn.Linear(8, 2))
         >>> [c.module for c in zero_init_residual(model)]
-        ['0.fn.0']
+        ['0.fn.1']
     """
     found = _find_blocks(model, blocks)
-    targets = [(qualified(bn, rel), block.get_submodule(rel)) for bn, block in found for rel in _branch_end(block)]
+    targets: list[tuple[str, nn.Module]] = []
+    stuck: list[tuple[str, nn.Module]] = []
+    for bn, block in found:
+        for rel in _branch_end(block):
+            (stuck if _zero_kills(block, rel) else targets).append((qualified(bn, rel), block.get_submodule(rel)))
     if not targets:
+        if stuck:
+            raise RemedyNotApplicable(
+                f"the branches {[n for n, _ in stuck]} end in a ReLU after their last layer: zeroing that layer "
+                "would leave the ReLU at 0, where its gradient is 0, and the branch would never learn. Zero-init "
+                "needs branches that end in the layer (pre-activation order, x + W relu(x): He et al., 2016b)"
+            )
         raise RemedyNotApplicable(
             f"no residual blocks recognised in {type(model).__name__}; pass their names with "
             "blocks=['layer1.0', ...], set `residual = True` on the block modules, or add skip connections "
