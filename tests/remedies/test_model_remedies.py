@@ -597,32 +597,54 @@ def test_insert_norm_refuses_non_sequential() -> None:
 
 
 # -- residual wrapping ----------------------------------------------------------------
-def test_add_residual_computes_x_plus_f_x() -> None:
+def test_add_residual_computes_x_plus_f_x_in_pre_activation_order() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(),
+                          nn.Linear(8, 2))
+    w = copy.deepcopy(model)
+    changes = add_residual(model, zero_init=False)
+    assert [(c.module, c.what) for c in changes] == [("1", "wrap"), ("3", "wrap")]
+    assert "'2'" in changes[1].new and "zeroed" not in changes[1].new
+    assert [type(m).__name__ for m in model] == ["Linear", "Residual", "Residual", "ReLU", "Linear"]
+    assert set(model.state_dict()) == {"0.weight", "0.bias", "1.fn.1.weight", "1.fn.1.bias", "2.fn.1.weight",
+                                       "2.fn.1.bias", "4.weight", "4.bias"}
+    x = torch.randn(4, 8)
+    h = w[0](x)
+    h = h + w[2](F.relu(h))
+    h = h + w[4](torch.tanh(h))
+    torch.testing.assert_close(model(x), w[6](F.relu(h)))
+    assert add_residual(model) == []
+
+
+def test_add_residual_zero_init_starts_as_identity_and_the_zeroed_layers_still_learn() -> None:
+    torch.manual_seed(0)
+    model = sigmoid_mlp(6, 16, act=nn.ReLU)
     w = copy.deepcopy(model)
     changes = add_residual(model)
-    assert [(c.module, c.what) for c in changes] == [("0", "wrap"), ("2", "wrap")]
-    assert "'1'" in changes[1].new
-    assert set(model.state_dict()) == {"0.fn.0.weight", "0.fn.0.bias", "1.fn.0.weight", "1.fn.0.bias",
-                                       "2.weight", "2.bias"}
-    x = torch.randn(4, 8)
-    h = x + F.relu(w[0](x))
-    h = h + torch.tanh(w[2](h))
-    torch.testing.assert_close(model(x), w[4](h))
-    assert add_residual(model) == []
+    assert all("zeroed" in c.new for c in changes) and len(changes) == 4
+    x = torch.randn(5, 16)
+    # every block is the identity: the net is the first layer, the last activation and the head
+    torch.testing.assert_close(model(x), w[10](F.relu(w[0](x))))
+    with torch.enable_grad():
+        model(x).sum().backward()
+    for block in model[1:5]:
+        assert float(block.fn[1].weight.abs().max()) == 0.0
+        assert float(block.fn[1].weight.grad.norm()) > 0, "a zeroed branch end still gets a gradient"
+    assert zero_init_residual(model) == [], "the branch ends are zero already"
 
 
 def test_add_residual_only_wraps_equal_width_runs() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(),
                           nn.Linear(16, 16), nn.ReLU(), nn.Conv1d(1, 1, 1))
     changes = add_residual(model)
-    assert [c.module for c in changes] == ["2", "5"]
-    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Residual", "Residual", "Conv1d"]
-    assert [type(m).__name__ for m in model[2].fn] == ["Linear", "BatchNorm1d", "ReLU"]
-    conv = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+    assert [c.module for c in changes] == ["1", "4"]
+    assert [type(m).__name__ for m in model] == ["Linear", "Residual", "Residual", "ReLU", "Conv1d"]
+    assert [type(m).__name__ for m in model[1].fn] == ["ReLU", "Linear", "BatchNorm1d"]
+    assert float(model[1].fn[2].weight.abs().max()) == 0.0, "a branch ending in a norm starts with its scale at 0"
+    assert float(model[1].fn[1].weight.abs().max()) > 0
+    conv = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())],
                          nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU())
-    assert [c.module for c in add_residual(conv)] == ["0", "2"]
+    assert [c.module for c in add_residual(conv)] == ["1", "3"]
     assert conv(torch.randn(1, 4, 6, 6)).shape == (1, 4, 3, 3)
 
 

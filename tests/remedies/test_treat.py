@@ -270,7 +270,9 @@ ZOO_CASES = {
     "dead-relu-bias-5.0-L2-s0": "activation:leaky_relu",
     "saturated-sigmoid-x50.0-s0": "norm:batch",
     "vanish-time-LSTM-T60-s0": "init:chrono",
-    "vanish-relu-xavier-d40-s0": "activation:leaky_relu",
+    "vanish-relu-xavier-d40-s0": "residual",
+    "vanish-time-RNN-T50-s0": "arch:gated_rnn",
+    "nan-log-layer-s0": "guard:domain",
 }
 
 

@@ -48,6 +48,9 @@ VANISH_WARN, VANISH_ERROR = -2.0, -4.0
 # a steady decay over many layers: >= 6 layers, each passing on <= 60% of the signal, >= 30x in all
 STEADY_MIN_LAYERS, STEADY_FACTOR, STEADY_TOTAL = 6, 0.6, -1.5
 EXPLODE_WARN, EXPLODE_ERROR, EXPLODE_WITH_BIG_GRAD = 1.5, 3.0, 1.0
+# from this many parameterised layers without normalisation, skip connections are the first remedy: He et al.
+# (2016) saw plain nets of 34+ layers train worse than 18-20-layer ones although their gradients flowed
+DEEP_PLAIN = 20
 
 
 def _relative_grads(run: Run) -> dict[str, float]:
@@ -95,16 +98,21 @@ def _vanishing_causes(run: Run, d: Depth, factor: float) -> list[Cause]:
     return causes
 
 
-def _vanishing_remedies(run: Run) -> list[Remedy]:
+def _vanishing_remedies(run: Run, depth: int) -> list[Remedy]:
     acts = activations(run)
     sat = any(a in SATURATING for a in acts)
     relu = any(a in RELU_FAMILY for a in acts)
     rems = []
+    deep_plain = depth >= DEEP_PLAIN and not norm_layers(run)
+    if deep_plain:
+        rems.append(remedy("residual", 0.95, f"{depth} layers in a plain stack: He et al. (2016) found plain nets "
+                                             "this deep train worse than shallower ones even with good init"))
     if sat:
         rems.append(remedy("activation:relu", 0.9, "sigmoid/tanh shrink the gradient at every layer"))
     rems.append(remedy("init:kaiming" if relu or sat else "init:xavier", 0.85))
     rems.append(remedy("norm:batch", 0.7))
-    rems.append(remedy("residual", 0.6))
+    if not deep_plain:
+        rems.append(remedy("residual", 0.6))
     rems.append(remedy("init:lsuv", 0.4))
     rems.append(remedy("optim:adam", 0.3))
     return rems
@@ -156,7 +164,7 @@ def _vanishing(run: Run, d: Depth, rel: np.ndarray, lo: float, steady: bool = Fa
         starved,
         evidence,
         _vanishing_causes(run, d, factor),
-        _vanishing_remedies(run),
+        _vanishing_remedies(run, len(d.names)),
         data,
     )
 

@@ -2,8 +2,10 @@
 
 With ``y = x + f(x)`` the Jacobian is ``I + df/dx``: the identity carries the gradient
 past every block however small ``df/dx`` is. He, Zhang, Ren & Sun (2016), "Deep
-residual learning for image recognition". Starting each branch at zero makes every
-block the identity at init: Goyal et al. (2017); Zhang, Dauphin & Ma (2019), "Fixup".
+residual learning for image recognition"; plain stacks much deeper than ~20 layers
+train worse than shallower ones even with good init (their "degradation" problem).
+Starting each branch at zero makes every block the identity at init: Goyal et al.
+(2017); Zhang, Dauphin & Ma (2019), "Fixup"; De & Smith (2020), "SkipInit".
 """
 
 from __future__ import annotations
@@ -64,17 +66,24 @@ def _same_shape(layer: nn.Module) -> Optional[int]:
 
 
 def _block_at(kids: list[nn.Module], i: int) -> Optional[tuple[int, int]]:
-    """``(end, width)`` of a block ``layer [norm/dropout...] activation [dropout...]`` starting at ``i``."""
-    width = _same_shape(kids[i])
-    if width is None:
+    """``(end, width)`` of a pre-activation block ``activation [dropout...] layer [norm/dropout...]`` at ``i``.
+
+    In a plain stack ``L0 A L1 A L2 ... A Ln`` the blocks are ``(A, L1)``, ``(A, L2)``, ...: the
+    branch ends in its layer (or that layer's norm), never in an activation, so zeroing its
+    end makes the block the identity while the layer still gets a gradient.
+    """
+    if not isinstance(kids[i], ACTIVATIONS):
         return None
     j = i + 1
-    while j < len(kids) and isinstance(kids[j], PASS_THROUGH):
+    while j < len(kids) and isinstance(kids[j], PASS_THROUGH) and not isinstance(kids[j], NORMS):
         j += 1
-    if j >= len(kids) or not isinstance(kids[j], ACTIVATIONS):
+    if j >= len(kids):
+        return None
+    width = _same_shape(kids[j])
+    if width is None:
         return None
     j += 1
-    while j < len(kids) and isinstance(kids[j], PASS_THROUGH) and not isinstance(kids[j], NORMS):
+    while j < len(kids) and isinstance(kids[j], PASS_THROUGH):
         j += 1
     return j, width
 
@@ -99,21 +108,31 @@ def _runs(kids: list[nn.Module], min_blocks: int) -> list[list[tuple[int, int]]]
     return [r for r in runs if len(r) >= min_blocks]
 
 
-def add_residual(model: nn.Module, min_blocks: int = 2) -> list[Change]:
+def add_residual(model: nn.Module, min_blocks: int = 2, zero_init: bool = True) -> list[Change]:
     """Wrap each block of a run of equal-width blocks in a :class:`Residual`, in place.
 
-    In every ``nn.Sequential`` (not inside a gradvet ``Residual``), a block is a
-    shape-preserving layer (``Linear(n, n)``, or a Conv with ``in == out`` channels, stride 1
-    and size-preserving padding), optional norms/dropout, an activation, optional dropout.
-    Runs of at least ``min_blocks`` consecutive blocks of one width become
-    ``x + block(x)`` each. The Sequential is renumbered, so module names and ``state_dict``
-    keys change (``'3.weight'`` becomes ``'1.fn.0.weight'``); each :class:`Change` names
-    the block's first module as it was called *before* the edit and says the new name.
-    He, Zhang, Ren & Sun (2016).
+    In every ``nn.Sequential`` (not inside a gradvet ``Residual``), a block is in
+    pre-activation order (He, Zhang, Ren & Sun, 2016b, "Identity mappings in deep residual
+    networks"): an activation, optional dropout, a shape-preserving layer (``Linear(n, n)``,
+    or a Conv with ``in == out`` channels, stride 1 and size-preserving padding), optional
+    norms/dropout. So a plain stack ``L0 A L1 A L2 A L3`` becomes
+    ``L0, x + L1(A(x)), x + L2(A(x)), A, L3``. Runs of at least ``min_blocks`` consecutive
+    blocks of one width are wrapped.
+
+    With ``zero_init`` (the default) each branch's end (its norm's scale, else its layer's
+    weight and bias) starts at zero, so every block is the identity at init and the
+    variance of the residual stream does not double per block: SkipInit (De & Smith, 2020),
+    Fixup (Zhang, Dauphin & Ma, 2019), Goyal et al. (2017). The zeroed layers still get a
+    gradient (their input is the activation, not zero) and move on the first step.
+
+    The Sequential is renumbered, so module names and ``state_dict`` keys change (``'3.weight'``
+    becomes ``'1.fn.1.weight'``); each :class:`Change` names the block's first module as it
+    was called *before* the edit and says the new name.
 
     Args:
         model: edited in place.
         min_blocks: the shortest run to wrap.
+        zero_init: start each new branch at zero.
 
     Returns:
         One :class:`Change` per wrapped block (empty if all are wrapped already).
@@ -124,7 +143,7 @@ def add_residual(model: nn.Module, min_blocks: int = 2) -> list[Change]:
     Example:
         >>> model = nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(8, 8), nn.Tanh())], nn.Linear(8, 2))
         >>> [c.new for c in add_residual(model)]
-        ["Residual around 0..1 as '0'", "Residual around 2..3 as '1'", "Residual around 4..5 as '2'"]
+        ["Residual around 1..2 as '1', branch end 1.fn.1 zeroed", "Residual around 3..4 as '2', branch end 2.fn.1 zeroed"]
     """
     if min_blocks < 1:
         raise GradvetUsageError(f"min_blocks must be >= 1, got {min_blocks}")
@@ -134,14 +153,32 @@ def add_residual(model: nn.Module, min_blocks: int = 2) -> list[Change]:
         if id(seq) not in inside:
             wrapped += _wrap_runs(prefix, seq, min_blocks)
     final = {id(m): n for n, m in model.named_modules()}
-    changes = [Change(name, "wrap", old, f"{new} as {final[id(res)]!r}") for name, old, new, res in wrapped]
+    changes = []
+    for name, _old, new, res in wrapped:
+        where = final[id(res)]
+        text = f"{new} as {where!r}"
+        if zero_init:
+            ends = [qualified(where, rel) for rel in _branch_end(res)]
+            _zero(res, _branch_end(res))
+            text += f", branch end {', '.join(ends)} zeroed"
+        changes.append(Change(name, "wrap", _old, text))
     if not changes and not inside:
         raise RemedyNotApplicable(
             f"no nn.Sequential in {type(model).__name__} holds {min_blocks}+ consecutive shape-preserving blocks "
-            "(Linear(n, n) or a stride-1 'same'-padded Conv with in == out channels, then an activation); add "
+            "(an activation, then Linear(n, n) or a stride-1 'same'-padded Conv with in == out channels); add "
             "skip connections in forward() yourself: x = x + block(x)"
         )
     return changes
+
+
+def _zero(block: nn.Module, rels: list[str]) -> None:
+    """Zero the weight (and a Linear/Conv's bias) of each module ``rels`` of ``block``."""
+    with torch.no_grad():
+        for rel in rels:
+            m = block.get_submodule(rel)
+            for p in (getattr(m, "weight", None), getattr(m, "bias", None) if isinstance(m, WEIGHTED) else None):
+                if isinstance(p, torch.Tensor):
+                    p.zero_()
 
 
 def _wrap_runs(prefix: str, seq: nn.Sequential, min_blocks: int) -> list[tuple[str, str, str, nn.Module]]:
