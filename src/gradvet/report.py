@@ -181,9 +181,12 @@ def layer_reports(run: Run) -> list[LayerReport]:
         if upd is not None and idx and pn is not None:
             r = upd.values[-1][idx].astype(np.float64)
             w = pn[idx].astype(np.float64)
-            ok = ~np.isnan(r)
+            # a parameter that moved from exactly zero has ratio inf and norm 0: its step is unknown here
+            ok = np.isfinite(r) & np.isfinite(w)
             if ok.any():
                 rep.update_ratio = float(np.sqrt(np.sum((r[ok] * w[ok]) ** 2)) / max(np.sqrt(np.sum(w[ok] ** 2)), 1e-30))
+            elif np.isposinf(r).any():
+                rep.update_ratio = float("inf")
         t = run.get(f"time/{layer['name']}")
         if t is not None and len(t.steps):
             row = t.values[-1]

@@ -343,6 +343,15 @@ def _tf(seed: int, n_layers: int, norm_first: bool = True) -> tuple[nn.Module, B
     return model, (x, (x[:, 0] % 2)), F.cross_entropy
 
 
+def _zeroed(model: nn.Module, match: str) -> nn.Module:
+    """Zero every parameter whose name contains ``match`` (zero-init residual branch ends, a zero head)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if match in name:
+                p.zero_()
+    return model
+
+
 def _seeded(fn: Callable[[], nn.Module], seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return fn()
@@ -441,6 +450,13 @@ def scenarios(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
         for blocks in (6, 12):
             add(Scenario(f"healthy-resnet-cnn-b{blocks}-s{seed}", "healthy/residual",
                          lambda s, b=blocks: _ce(_seeded(lambda: ResCNN(b), s), n=128)))
+        # zero-initialised layers: the signal behind them is exactly 0 at init, by design
+        add(Scenario(f"healthy-resnet-cnn-zero-gamma-b6-s{seed}", "healthy/zero-init",
+                     lambda s: _ce(_zeroed(_seeded(lambda: ResCNN(6), s), "bn2.weight"), n=128)))
+        add(Scenario(f"healthy-fixup-resmlp-b8-s{seed}", "healthy/zero-init",
+                     lambda s: _ce(_zeroed(_seeded(lambda: ResMLP(8), s), "fc2."))))
+        add(Scenario(f"healthy-zero-head-relu-d6-s{seed}", "healthy/zero-init",
+                     lambda s: _ce(_zeroed(_seeded(lambda: mlp(6, "relu", 64, "he"), s), "10."))))
         add(Scenario(f"healthy-cnn-bn-sigmoid-d10-s{seed}", "healthy/bn-sigmoid",
                      lambda s: _ce(_seeded(lambda: ConvNet(10, "sigmoid", bn=True), s), n=128)))
         add(Scenario(f"healthy-postln-transformer-L2-s{seed}", "healthy/pre-ln",

@@ -51,16 +51,27 @@ class Depth:
         layers: the layer dicts of the run, same order.
         steps: layer steps.
         rel: ``[steps, n]`` log10 of each layer's signal over the output-side layer's.
+        gated: per layer, whether it got exactly no signal at the first step behind a
+            zero-initialised layer (its signal grows from zero as that layer moves).
     """
 
     names: list[str]
     layers: list[dict[str, Any]]
     steps: np.ndarray
     rel: np.ndarray
+    gated: Optional[np.ndarray] = None
 
     def median_rel(self) -> np.ndarray:
-        """Per-layer median of ``rel`` over steps (NaN-aware)."""
-        return nanmedian(self.rel, axis=0) if len(self.rel) else np.zeros(len(self.names))
+        """Per-layer median of ``rel`` over steps (NaN-aware); for gated layers, the last measured value,
+        since their signal starts at zero by design and the median would measure the warm-up."""
+        if not len(self.rel):
+            return np.zeros(len(self.names))
+        med = nanmedian(self.rel, axis=0)
+        if self.gated is not None:
+            for j in np.where(self.gated)[0]:
+                finite = self.rel[np.isfinite(self.rel[:, j]), j]
+                med[j] = finite[-1] if len(finite) else np.nan
+        return med
 
 
 def depth_profile(run: Run) -> Optional[Depth]:
@@ -84,7 +95,29 @@ def depth_profile(run: Run) -> Optional[Depth]:
     rel[~np.isfinite(vals)] = np.nan
     # a step where the output-side layer itself saw no gradient says nothing
     rel[vals[:, ref_idx] <= _TINY] = np.nan
-    return Depth([layer["name"] for layer in layers], layers, s.steps, rel)
+    gated = None
+    if _has_zero_layer(run):
+        # Behind a layer whose parameters are all zero (zero-init residual branch ends: Goyal et al. 2017,
+        # Fixup, SkipInit; a zero-init head) the signal is exactly 0 by design until the first step moves
+        # that layer: blocked, not vanished. Dead ReLUs also give exact zeros; the dead-units rule names them.
+        gated = vals[0] == 0.0
+        rel[vals == 0.0] = np.nan
+    return Depth([layer["name"] for layer in layers], layers, s.steps, rel, gated)
+
+
+def _has_zero_layer(run: Run) -> bool:
+    """Whether some parameterised layer starts with all its parameters exactly zero (first recorded norms)."""
+    s = run.get("param/param_norm")
+    if s is None or not len(s.steps) or s.values.ndim != 2:
+        return False
+    v = s.values.astype(np.float64)
+    ok = np.isfinite(v)
+    first = np.where(ok.any(axis=0), v[np.argmax(ok, axis=0), np.arange(v.shape[1])], np.nan)
+    for layer in run.ordered_layers():
+        idx = layer.get("params") or []
+        if idx and np.isfinite(first[idx]).all() and bool((first[idx] == 0.0).all()):
+            return True
+    return False
 
 
 def per_layer_factor(rel: np.ndarray) -> float:
@@ -151,12 +184,19 @@ def total_grad_norm(run: Run) -> Optional[np.ndarray]:
 
 
 def layer_update_ratio(run: Run) -> dict[str, float]:
-    """Median over update steps of each layer's ||dW|| / ||W|| (layers with params only)."""
+    """Median over update steps of each layer's ||dW|| / ||W|| (layers with params only).
+
+    When some layer starts at exactly zero (zero-init residual branch ends, a zero head), the
+    steps where a layer got exactly no gradient are left out: it sits behind that layer, which
+    blocks it by design until the first updates move it.
+    """
     u = run.get("param/update_ratio")
     pn = run.get("param/param_norm")
     if u is None or pn is None or not len(u.steps):
         return {}
     row_of = {int(s): i for i, s in enumerate(pn.steps)}
+    g = run.get("param/grad_norm") if _has_zero_layer(run) else None
+    grad_row = {int(s): i for i, s in enumerate(g.steps)} if g is not None else {}
     out = {}
     for layer in run.ordered_layers():
         idx = layer.get("params") or []
@@ -164,6 +204,10 @@ def layer_update_ratio(run: Run) -> dict[str, float]:
             continue
         vals = []
         for r, step in enumerate(u.steps):
+            if g is not None and int(step) in grad_row:
+                gn = g.values[grad_row[int(step)]][idx].astype(np.float64)
+                if np.isfinite(gn).all() and bool((gn == 0.0).all()):
+                    continue
             w = pn.values[row_of.get(int(step), -1)][idx].astype(np.float64)
             ratio = u.values[r][idx].astype(np.float64)
             ok = np.isfinite(ratio) & np.isfinite(w)
