@@ -142,6 +142,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "norm:layer": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:rms": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "residual": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
+    "residual:rezero": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "arch:gated_rnn": (lambda: SeqNet("RNN"), seq_batch(), {}),
     "guard:domain": (NanNet, mlp_batch(d=64), {}),
 }
@@ -602,7 +603,7 @@ def test_add_residual_computes_x_plus_f_x_in_pre_activation_order() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(),
                           nn.Linear(8, 2))
     w = copy.deepcopy(model)
-    changes = add_residual(model, zero_init=False)
+    changes = add_residual(model, branch_init="keep")
     assert [(c.module, c.what) for c in changes] == [("1", "wrap"), ("3", "wrap")]
     assert "'2'" in changes[1].new and "zeroed" not in changes[1].new
     assert [type(m).__name__ for m in model] == ["Linear", "Residual", "Residual", "ReLU", "Linear"]
@@ -673,3 +674,54 @@ def test_docstring_examples_run(name: str) -> None:
     with torch.enable_grad():
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- ReZero ---------------------------------------------------------------------------
+def test_rezero_block_is_identity_at_init_and_its_gate_learns_first() -> None:
+    torch.manual_seed(0)
+    fn = nn.Sequential(nn.ReLU(), nn.Linear(8, 8))
+    block = Residual(fn, rezero=True)
+    x = torch.randn(5, 8)
+    assert torch.equal(block(x), x) and float(block.alpha) == 0.0
+    with torch.enable_grad():
+        g = torch.randn(5, 8)
+        (block(x) * g).sum().backward()
+    # plain autograd reference: d/dalpha <g, x + alpha f(x)> = <g, f(x)>; the branch gets alpha * ... = 0
+    torch.testing.assert_close(block.alpha.grad, (g * fn(x)).sum())
+    assert float(fn[1].weight.grad.abs().max()) == 0.0
+    assert "rezero=True" in repr(block)
+    with torch.no_grad():
+        block.alpha.fill_(0.5)
+    torch.testing.assert_close(block(x), x + 0.5 * fn(x))
+
+
+def test_add_residual_rezero_and_zero_init_of_its_gates() -> None:
+    torch.manual_seed(0)
+    model = sigmoid_mlp(6, 16, act=nn.ReLU)
+    weights = [m.weight.clone() for m in model if isinstance(m, nn.Linear)]
+    changes = apply_remedy("residual:rezero", model).changes
+    treated = apply_remedy("residual:rezero", model).model
+    assert len(changes) == 4 and all("alpha = 0" in c.new for c in changes)
+    gates = [m.alpha for m in treated.modules() if isinstance(m, Residual)]
+    assert len(gates) == 4 and all(float(a) == 0.0 for a in gates)
+    kept = [m.weight for m in treated.modules() if isinstance(m, nn.Linear)]
+    assert all(torch.equal(a, b) for a, b in zip(kept, weights)), "ReZero keeps the branch weights"
+    with torch.no_grad():
+        gates[0].fill_(0.3)
+    changes = zero_init_residual(treated)
+    assert [(c.module, c.new) for c in changes] == [("1", "alpha=0 (ReZero gate)")]
+    assert all(torch.equal(a, b) for a, b in zip(kept, weights)), "the gate is zeroed, not the branch"
+    with pytest.raises(ValueError, match="branch_init"):
+        add_residual(sigmoid_mlp(4, 8), branch_init="half")
+
+
+def test_a_rezero_net_is_healthy_at_init() -> None:
+    """The branches get exactly no gradient while alpha = 0: blocked by design, not vanished."""
+    import gradvet
+    from gradvet.zoo import digits
+
+    torch.manual_seed(0)
+    model = apply_remedy("residual:rezero", sigmoid_mlp(24, 64, act=nn.ReLU)).model
+    with torch.enable_grad():
+        report = gradvet.check(model, digits(256), F.cross_entropy)
+    assert report.healthy, [(f.kind, f.layers[:3]) for f in report.findings]

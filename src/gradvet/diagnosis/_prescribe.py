@@ -23,6 +23,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "(Maas et al., 2013)",
         _APPLY,
     ),
+    "activation:prelu": ("use PReLU, a leaky ReLU whose negative slope is learned (He et al., 2015)", _APPLY),
     "activation:gelu": ("use GELU, a smooth non-saturating activation (Hendrycks & Gimpel, 2016)", _APPLY),
     "activation:silu": ("use SiLU/Swish, x * sigmoid(x) (Elfwing et al., 2018; Ramachandran et al., 2017)", _APPLY),
     "activation:elu": ("use ELU, whose negative side keeps a gradient and a mean near zero (Clevert et al., 2016)",
@@ -90,8 +91,13 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "norm:layer": ("insert LayerNorm after each Linear (Ba et al., 2016)", _APPLY),
     "norm:rms": ("insert RMSNorm after each Linear (Zhang & Sennrich, 2019)", _APPLY),
     "residual": (
-        "add skip connections x + f(x): the identity path carries the gradient past every block "
-        "(He et al., 2016)",
+        "add skip connections x + W act(x), each branch's end starting at zero: the identity path carries "
+        "the gradient past every block (He et al., 2016; SkipInit: De & Smith, 2020)",
+        _APPLY,
+    ),
+    "residual:rezero": (
+        "add skip connections x + alpha * f(x) with a learnable alpha that starts at 0, so every block "
+        "starts as the identity and learns how much of its branch to add (ReZero: Bachlechner et al., 2020)",
         _APPLY,
     ),
     "clip:norm": (

@@ -68,7 +68,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     # die (Maas et al., 2013: the leaky slope keeps a gradient flowing through units that are off).
     "activation:relu": _ignoring_batch(partial(swap_activations, to="relu", replace=(nn.Sigmoid, nn.Tanh))),
     **{f"activation:{a}": _ignoring_batch(partial(swap_activations, to=a, replace=(nn.Sigmoid, nn.Tanh, nn.ReLU)))
-       for a in ("leaky_relu", "gelu", "silu", "elu", "selu", "mish")},
+       for a in ("leaky_relu", "prelu", "gelu", "silu", "elu", "selu", "mish")},
     "init:kaiming": _ignoring_batch(init_kaiming),
     "init:xavier": _ignoring_batch(init_xavier),
     "init:orthogonal": _ignoring_batch(init_orthogonal),
@@ -82,6 +82,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "norm:layer": _ignoring_batch(insert_norm, kind="layer"),
     "norm:rms": _ignoring_batch(insert_norm, kind="rms"),
     "residual": _ignoring_batch(add_residual),
+    "residual:rezero": _ignoring_batch(add_residual, branch_init="rezero"),
     "arch:gated_rnn": _ignoring_batch(gate_rnns),
     "guard:domain": _guard_domain,
 }

@@ -33,22 +33,37 @@ RESIDUAL_MARK = "_gradvet_residual"
 
 
 class Residual(nn.Module):
-    """``y = x + fn(x)``; ``fn`` must keep the shape of its input.
+    """``y = x + fn(x)``, or with ``rezero=True`` ``y = x + alpha * fn(x)`` with a learnable scalar
+    ``alpha`` that starts at 0 (ReZero: Bachlechner et al., 2020); ``fn`` must keep the shape of
+    its input.
 
     Example:
         >>> block = Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
         >>> block(torch.zeros(2, 8)).shape
         torch.Size([2, 8])
+        >>> x = torch.randn(2, 8)
+        >>> bool(torch.equal(Residual(nn.Linear(8, 8), rezero=True)(x), x))
+        True
     """
 
     _gradvet_residual = True
 
-    def __init__(self, fn: nn.Module) -> None:
+    def __init__(self, fn: nn.Module, rezero: bool = False) -> None:
         super().__init__()
         self.fn = fn
+        self.alpha: Optional[nn.Parameter] = None
+        if rezero:
+            ref = next((t for t in (*fn.parameters(), *fn.buffers()) if t.is_floating_point()), None)
+            kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+            self.alpha = nn.Parameter(torch.zeros((), **kw))  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fn(x)
+        if self.alpha is None:
+            return x + self.fn(x)
+        return x + self.alpha * self.fn(x)
+
+    def extra_repr(self) -> str:
+        return "rezero=True" if self.alpha is not None else ""
 
 
 def _same_shape(layer: nn.Module) -> Optional[int]:
@@ -108,7 +123,7 @@ def _runs(kids: list[nn.Module], min_blocks: int) -> list[list[tuple[int, int]]]
     return [r for r in runs if len(r) >= min_blocks]
 
 
-def add_residual(model: nn.Module, min_blocks: int = 2, zero_init: bool = True) -> list[Change]:
+def add_residual(model: nn.Module, min_blocks: int = 2, branch_init: str = "zero") -> list[Change]:
     """Wrap each block of a run of equal-width blocks in a :class:`Residual`, in place.
 
     In every ``nn.Sequential`` (not inside a gradvet ``Residual``), a block is in
@@ -119,11 +134,13 @@ def add_residual(model: nn.Module, min_blocks: int = 2, zero_init: bool = True) 
     ``L0, x + L1(A(x)), x + L2(A(x)), A, L3``. Runs of at least ``min_blocks`` consecutive
     blocks of one width are wrapped.
 
-    With ``zero_init`` (the default) each branch's end (its norm's scale, else its layer's
-    weight and bias) starts at zero, so every block is the identity at init and the
-    variance of the residual stream does not double per block: SkipInit (De & Smith, 2020),
-    Fixup (Zhang, Dauphin & Ma, 2019), Goyal et al. (2017). The zeroed layers still get a
-    gradient (their input is the activation, not zero) and move on the first step.
+    Every block should start as the identity, or the variance of the residual stream doubles
+    per block. ``branch_init="zero"`` (the default) zeroes each branch's end (its norm's
+    scale, else its layer's weight and bias): SkipInit (De & Smith, 2020), Fixup (Zhang,
+    Dauphin & Ma, 2019), Goyal et al. (2017); the zeroed layers still get a gradient (their
+    input is the activation, not zero) and move on the first step. ``"rezero"`` keeps the
+    branch's weights and multiplies it by a learnable scalar that starts at 0 (ReZero,
+    Bachlechner et al., 2020); ``"keep"`` leaves the branch as it is.
 
     The Sequential is renumbered, so module names and ``state_dict`` keys change (``'3.weight'``
     becomes ``'1.fn.1.weight'``); each :class:`Change` names the block's first module as it
@@ -132,7 +149,7 @@ def add_residual(model: nn.Module, min_blocks: int = 2, zero_init: bool = True) 
     Args:
         model: edited in place.
         min_blocks: the shortest run to wrap.
-        zero_init: start each new branch at zero.
+        branch_init: ``"zero"``, ``"rezero"`` or ``"keep"`` (above).
 
     Returns:
         One :class:`Change` per wrapped block (empty if all are wrapped already).
@@ -147,20 +164,24 @@ def add_residual(model: nn.Module, min_blocks: int = 2, zero_init: bool = True) 
     """
     if min_blocks < 1:
         raise GradvetUsageError(f"min_blocks must be >= 1, got {min_blocks}")
+    if branch_init not in ("zero", "rezero", "keep"):
+        raise GradvetUsageError(f"branch_init must be 'zero', 'rezero' or 'keep', got {branch_init!r}")
     inside = {id(m) for r in model.modules() if isinstance(r, Residual) for m in r.modules()}
     wrapped: list[tuple[str, str, str, nn.Module]] = []
     for prefix, seq in list(sequentials(model)):  # names as they were before any edit
         if id(seq) not in inside:
-            wrapped += _wrap_runs(prefix, seq, min_blocks)
+            wrapped += _wrap_runs(prefix, seq, min_blocks, branch_init == "rezero")
     final = {id(m): n for n, m in model.named_modules()}
     changes = []
     for name, _old, new, res in wrapped:
         where = final[id(res)]
         text = f"{new} as {where!r}"
-        if zero_init:
+        if branch_init == "zero":
             ends = [qualified(where, rel) for rel in _branch_end(res)]
             _zero(res, _branch_end(res))
             text += f", branch end {', '.join(ends)} zeroed"
+        elif branch_init == "rezero":
+            text += ", x + alpha * f(x) with alpha = 0 (learnable)"
         changes.append(Change(name, "wrap", _old, text))
     if not changes and not inside:
         raise RemedyNotApplicable(
@@ -181,7 +202,8 @@ def _zero(block: nn.Module, rels: list[str]) -> None:
                     p.zero_()
 
 
-def _wrap_runs(prefix: str, seq: nn.Sequential, min_blocks: int) -> list[tuple[str, str, str, nn.Module]]:
+def _wrap_runs(prefix: str, seq: nn.Sequential, min_blocks: int,
+               rezero: bool = False) -> list[tuple[str, str, str, nn.Module]]:
     """Wrap the runs in ``seq``; ``(old name, old modules, description, Residual)`` per block."""
     kids = list(seq.named_children())
     starts = {s: e for run in _runs([m for _, m in kids], min_blocks) for s, e in run}
@@ -196,7 +218,7 @@ def _wrap_runs(prefix: str, seq: nn.Sequential, min_blocks: int) -> list[tuple[s
             i += 1
             continue
         end = starts[i]
-        res = Residual(nn.Sequential(*[m for _, m in kids[i:end]])).train(seq.training)
+        res = Residual(nn.Sequential(*[m for _, m in kids[i:end]]), rezero=rezero).train(seq.training)
         items.append((kids[i][0], res))
         out.append((qualified(prefix, kids[i][0]), ", ".join(type(m).__name__ for _, m in kids[i:end]),
                     f"Residual around {kids[i][0]}..{kids[end - 1][0]}", res))
@@ -274,7 +296,9 @@ def zero_init_residual(model: nn.Module, blocks: Optional[Iterable[str]] = None)
 
     For a branch ending in a norm (``conv -> bn`` as in ResNets) the norm's scale ``gamma``
     is zeroed, else the weight and bias of the branch's last Linear/Conv; the block then
-    computes ``x + 0`` at init. A gradvet :class:`Residual` whose branch ends in a ReLU after
+    computes ``x + 0`` at init; a gradvet :class:`Residual` with a ReZero gate gets its gate
+    ``alpha`` zeroed instead (zeroing the branch too would leave the gate without a
+    gradient). A gradvet :class:`Residual` whose branch ends in a ReLU after
     that layer is skipped: the ReLU would sit at 0, where its gradient is 0, and the
     branch could never learn (pre-activation order, ``x + W relu(x)``, avoids this). Residual blocks cannot be recognised from
     ``forward`` statically, so a block is: a name in ``blocks``, a gradvet
@@ -302,10 +326,14 @@ def zero_init_residual(model: nn.Module, blocks: Optional[Iterable[str]] = None)
     found = _find_blocks(model, blocks)
     targets: list[tuple[str, nn.Module]] = []
     stuck: list[tuple[str, nn.Module]] = []
+    gates: list[tuple[str, nn.Parameter]] = []
     for bn, block in found:
+        if isinstance(block, Residual) and block.alpha is not None:
+            gates.append((bn, block.alpha))  # ReZero: the gate starts at 0, the branch keeps its weights
+            continue
         for rel in _branch_end(block):
             (stuck if _zero_kills(block, rel) else targets).append((qualified(bn, rel), block.get_submodule(rel)))
-    if not targets:
+    if not targets and not gates:
         if stuck:
             raise RemedyNotApplicable(
                 f"the branches {[n for n, _ in stuck]} end in a ReLU after their last layer: zeroing that layer "
@@ -319,6 +347,10 @@ def zero_init_residual(model: nn.Module, blocks: Optional[Iterable[str]] = None)
         )
     changes = []
     with torch.no_grad():
+        for name, alpha in gates:
+            if float(alpha) != 0.0:
+                changes.append(Change(name, "init", f"alpha={float(alpha):.3g}", "alpha=0 (ReZero gate)"))
+                alpha.zero_()
         for name, m in targets:
             params = [p for p in (getattr(m, "weight", None), getattr(m, "bias", None) if isinstance(m, WEIGHTED)
                                   else None) if isinstance(p, torch.Tensor)]
