@@ -54,8 +54,8 @@ class Residual(nn.Module):
         self.alpha: Optional[nn.Parameter] = None
         if rezero:
             ref = next((t for t in (*fn.parameters(), *fn.buffers()) if t.is_floating_point()), None)
-            kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-            self.alpha = nn.Parameter(torch.zeros((), **kw))  # type: ignore[arg-type]
+            alpha = torch.zeros(()) if ref is None else torch.zeros((), device=ref.device, dtype=ref.dtype)
+            self.alpha = nn.Parameter(alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.alpha is None:
