@@ -236,6 +236,33 @@ def treat(
     raise typer.Exit(0 if result.healthy else 1)
 
 
+@app.command()
+def remedies(
+    kind: Optional[str] = typer.Option(None, "--kind", help="only this kind: 'model edit', 'gradient transform', "
+                                                             "'optimizer' or 'data'"),
+    as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON"),
+) -> None:
+    """List every remedy: what it does, its paper, and the code that applies it."""
+    from rich.table import Table
+
+    from gradvet.remedies import catalogue
+
+    rows = catalogue()
+    kinds = sorted({r["kind"] for r in rows})
+    if kind is not None and kind not in kinds:
+        raise typer.BadParameter(f"--kind must be one of {kinds}, got {kind!r}")
+    rows = [r for r in rows if kind is None or r["kind"] == kind]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(title="gradvet remedies (model edits: gradvet.treat applies them; the rest are prescriptions)")
+    for col in ("id", "kind", "what it does", "code"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["id"], r["kind"], r["what"], r["snippet"])
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point; usage errors exit with code 2."""
     app()

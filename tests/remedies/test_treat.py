@@ -228,7 +228,7 @@ def test_every_catalogue_id_is_a_model_remedy_or_a_training_loop_change() -> Non
     from gradvet.remedies import MODEL_REMEDIES
 
     loop_only = {"clip:agc", "clip:autoclip", "clip:norm", "clip:value", "data:normalize",
-                 "lr:lower", "optim:adam", "optim:param_groups", "skip_nonfinite"}
+                 "lr:lower", "optim:adagrad", "optim:adam", "optim:param_groups", "optim:rmsprop", "skip_nonfinite"}
     assert set(MODEL_REMEDIES) <= set(CATALOGUE)
     assert set(CATALOGUE) - set(MODEL_REMEDIES) == loop_only
 
@@ -342,3 +342,37 @@ def test_nonfinite_weights_are_named_and_treated() -> None:
     result = gradvet.treat(model, batch, F.cross_entropy)
     assert result.healthy and [r.id for r in result.applied] == ["init:reset_nonfinite"]
     assert math.isfinite(sgd_loss(result.model, batch, steps=20))
+
+
+# -- the catalogue on the command line ------------------------------------------------
+def test_cli_remedies_lists_every_catalogue_id_with_its_kind() -> None:
+    from gradvet.cli import app
+    from gradvet.diagnosis._prescribe import CATALOGUE
+    from gradvet.remedies import MODEL_REMEDIES
+
+    res = CliRunner().invoke(app, ["remedies", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert {r["id"] for r in rows} == set(CATALOGUE)
+    kinds = {r["id"]: r["kind"] for r in rows}
+    assert all(kinds[rid] == "model edit" for rid in MODEL_REMEDIES)
+    assert kinds["clip:agc"] == "gradient transform" and kinds["optim:rmsprop"] == "optimizer"
+    assert kinds["data:normalize"] == "data"
+    edits = [r["kind"] == "model edit" for r in rows]
+    assert edits == sorted(edits, reverse=True), "model edits come first"
+    res = CliRunner().invoke(app, ["remedies", "--kind", "optimizer", "--json"])
+    assert {r["id"] for r in json.loads(res.output)} == {"lr:lower", "optim:adagrad", "optim:adam",
+                                                        "optim:param_groups", "optim:rmsprop"}
+    res = CliRunner().invoke(app, ["remedies", "--kind", "magic"])
+    assert res.exit_code == 2 and "--kind must be one of" in res.output
+    res = CliRunner().invoke(app, ["remedies"])
+    assert res.exit_code == 0 and "arch:gated_rnn" in res.output and "Bachlechner" in res.output
+
+
+@pytest.mark.parametrize("rid", ["optim:rmsprop", "optim:adagrad", "optim:adam"])
+def test_optimizer_snippets_build_a_torch_optimizer(rid: str) -> None:
+    from gradvet.diagnosis._prescribe import CATALOGUE
+
+    ns: dict = {"torch": torch, "model": nn.Linear(4, 2)}
+    exec(CATALOGUE[rid][1], ns)
+    assert isinstance(ns["opt"], torch.optim.Optimizer)

@@ -140,6 +140,17 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "carries gradients over long spans (Hochreiter & Schmidhuber, 1997; Cho et al., 2014)",
         _APPLY + "  # nn.RNN -> nn.GRU; or in your code: torch.nn.GRU(input_size, hidden_size, batch_first=True)",
     ),
+    "optim:rmsprop": (
+        "RMSprop divides each step by a running RMS of that parameter's gradient, so a gradient spike or a "
+        "tiny gradient still gives a step of about lr; a common choice for recurrent nets (Tieleman & Hinton, "
+        "2012; Graves, 2013)",
+        "opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)",
+    ),
+    "optim:adagrad": (
+        "AdaGrad divides each step by the root of the parameter's summed squared gradients, so rarely "
+        "updated parameters (sparse embedding rows, rare features) keep large steps (Duchi, Hazan & Singer, 2011)",
+        "opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)",
+    ),
     "optim:param_groups": (
         "check the optimizer: every trained parameter must be in a param group with a useful learning rate",
         "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # all parameters, one sane lr",

@@ -63,7 +63,7 @@ def _remedies(tp: TimeProfile, vanishing: bool) -> list[Remedy]:
     mode = (tp.layer.get("facts") or {}).get("rnn_mode", "")
     if not vanishing:
         return [remedy("clip:norm", 0.9, "Pascanu et al. (2013) clip the gradient norm for RNNs"),
-                remedy("init:orthogonal", 0.7), remedy("lr:lower", 0.4)]
+                remedy("init:orthogonal", 0.7), remedy("lr:lower", 0.4), remedy("optim:rmsprop", 0.3)]
     if mode == "LSTM":
         return [remedy("init:chrono", 0.9), remedy("init:forget_gate_bias", 0.8)]
     if mode == "GRU":

@@ -18,7 +18,7 @@ from gradvet.remedies._gates import chrono_init, init_forget_gate_bias
 from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, reset_biases
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
-from gradvet.remedies._registry import MODEL_REMEDIES, applicable, apply_remedy
+from gradvet.remedies._registry import MODEL_REMEDIES, applicable, apply_remedy, catalogue
 from gradvet.remedies._reset import reinit_nonfinite
 from gradvet.remedies._residual import Residual, add_residual, zero_init_residual
 from gradvet.remedies._result import Change, RemedyNotApplicable, RemedyResult
@@ -46,6 +46,7 @@ __all__ = [
     "applicable",
     "apply_remedy",
     "autoclip",
+    "catalogue",
     "chain",
     "chrono_init",
     "clip_by_global_norm",

@@ -180,3 +180,31 @@ def _lsuv_applicable(model: nn.Module, batch: Any) -> tuple[bool, str]:
     if not layers:
         return False, "no Linear/Conv layer left to LSUV-initialise"
     return True, f"would rescale up to {len(layers)} Linear/Conv layer(s) on the batch"
+
+
+def _kind(rid: str) -> str:
+    if rid in MODEL_REMEDIES:
+        return "model edit"
+    if rid.startswith("clip:") or rid == "skip_nonfinite":
+        return "gradient transform"
+    if rid.startswith(("optim:", "lr:")):
+        return "optimizer"
+    return rid.split(":", 1)[0]
+
+
+def catalogue() -> list[dict[str, str]]:
+    """Every remedy gradvet knows, model edits first: ``{'id', 'kind', 'what', 'snippet'}`` each.
+
+    ``kind`` is ``'model edit'`` (``apply_remedy`` and ``treat`` apply it), ``'gradient transform'``
+    (a training-loop object from this package), ``'optimizer'`` or ``'data'`` (prescriptions to
+    apply by hand). ``gradvet remedies`` prints this table.
+
+    Example:
+        >>> rows = catalogue()
+        >>> rows[0]["kind"], any(r["id"] == "clip:norm" and r["kind"] == "gradient transform" for r in rows)
+        ('model edit', True)
+    """
+    order = {"model edit": 0, "gradient transform": 1, "optimizer": 2}
+    rows = [{"id": rid, "kind": _kind(rid), "what": what, "snippet": snippet.format(id=rid, extra="")}
+            for rid, (what, snippet) in CATALOGUE.items()]
+    return sorted(rows, key=lambda r: (order.get(r["kind"], 3), r["id"]))
