@@ -188,6 +188,26 @@ def watch(
     _watch(record, interval=interval, once=once, console=console)
 
 
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+
+
+def _optimizer_factory(name: Optional[str], lr: Optional[float], momentum: float) -> Any:
+    """``--optimizer/--lr/--momentum`` as a function that builds the optimizer for a model (None without it)."""
+    if name is None:
+        if lr is not None:
+            raise typer.BadParameter("--lr goes with --optimizer (e.g. --optimizer sgd --lr 0.1)")
+        return None
+    if name.lower() not in _OPTIMIZERS:
+        raise typer.BadParameter(f"--optimizer must be one of {sorted(_OPTIMIZERS)}, got {name!r}")
+    if lr is None or lr <= 0:
+        raise typer.BadParameter(f"--optimizer {name} needs a positive --lr, got {lr}")
+    import torch
+
+    cls = getattr(torch.optim, _OPTIMIZERS[name.lower()])
+    extra = {"momentum": momentum} if name.lower() == "sgd" else {}
+    return lambda m: cls(m.parameters(), lr=lr, **extra)
+
+
 @app.command()
 def treat(
     factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
@@ -198,6 +218,12 @@ def treat(
     max_remedies: int = typer.Option(6, "--max-remedies", help="try at most this many remedies"),
     as_json: bool = typer.Option(False, "--json", help="print the before/after reports and attempts as JSON"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    optimizer: Optional[str] = typer.Option(
+        None, "--optimizer", help="diagnose a short training run with this optimizer (sgd, adam, adamw, rmsprop) "
+                                  "instead of one batch: for sickness that only shows in training"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate of --optimizer (required with it)"),
+    momentum: float = typer.Option(0.0, "--momentum", help="momentum of --optimizer sgd"),
+    steps: int = typer.Option(40, "--steps", help="training steps of each run with --optimizer"),
 ) -> None:
     """Diagnose, apply remedies one at a time, re-check; print a before/after table.
 
@@ -206,11 +232,12 @@ def treat(
     from gradvet.treat import treat as _treat
 
     _check_device(device)
+    make_opt = _optimizer_factory(optimizer, lr, momentum)
     model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
     try:
         model = model.to(device)
         result = _treat(model, _to_device(batch, device), loss_fn, remedies=remedy or None,
-                        max_remedies=max_remedies)
+                        max_remedies=max_remedies, **({"optimizer": make_opt, "steps": steps} if make_opt else {}))
     except (TypeError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from gradvet._validate import require_module
+from gradvet._validate import require_module, split_batch
 from gradvet.check import check
 from gradvet.errors import GradvetUsageError
 from gradvet.findings import Remedy
@@ -133,6 +133,51 @@ def ranked_remedies(report: Report) -> list[Remedy]:
     return out
 
 
+def probe(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    steps: int = 40,
+    profile: Any = None,
+) -> Report:
+    """Diagnose a short training run: ``steps`` optimizer steps on ``batch`` under a Monitor, on a copy.
+
+    What a one-batch :func:`gradvet.check` cannot see (a learning rate that makes training
+    explode, a layer that never moves) shows here. ``model`` itself is not trained.
+
+    Args:
+        model: the model (deep-copied; the copy is trained).
+        batch: ``(inputs, targets)``; every step uses this batch.
+        loss_fn: ``loss_fn(model(inputs), targets)`` is a scalar.
+        optimizer: builds the optimizer for a model, e.g.
+            ``lambda m: torch.optim.SGD(m.parameters(), lr=0.1)``.
+        steps: training steps; the run stops early after a non-finite loss.
+        profile: the Monitor's measurement profile (default: its default).
+
+    Returns:
+        The Monitor's :class:`gradvet.Report`.
+    """
+    from gradvet.check import call_model
+    from gradvet.monitor import Monitor
+
+    copy_ = copy.deepcopy(model).train()
+    opt = optimizer(copy_)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must build a torch.optim.Optimizer from the model, got {type(opt).__name__}")
+    inputs, targets = split_batch(batch, "probe")
+    with Monitor(copy_, optimizer=opt, **({"profile": profile} if profile is not None else {})) as monitor:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_fn(call_model(copy_, inputs), targets)
+            loss.backward()
+            monitor.step(loss)
+            if not bool(torch.isfinite(loss.detach())):  # sync-ok: once per probe step, CPU-side decision
+                break
+            opt.step()
+    return monitor.report()
+
+
 def treat(
     model: nn.Module,
     batch: Any,
@@ -141,6 +186,8 @@ def treat(
     remedies: Optional[Sequence[str]] = None,
     max_remedies: int = 6,
     inplace: bool = False,
+    optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None,
+    steps: int = 40,
     **check_kwargs: Any,
 ) -> TreatResult:
     """Diagnose ``model``, apply the ranked remedies until the re-check is healthy.
@@ -155,7 +202,15 @@ def treat(
         max_remedies: at most this many remedies are tried.
         inplace: edit ``model`` itself (its modules and parameters end up identical to
             the treated copy); by default the original is left untouched.
-        **check_kwargs: passed to :func:`gradvet.check` (``passes``, ``profile``, ``train``).
+        optimizer: with it, every diagnosis (before, and after each remedy) is a short
+            training run instead of one batch (:func:`probe`: ``steps`` steps of this
+            optimizer on ``batch``, on a copy), so sickness that only shows in training (a
+            learning rate that makes it explode) is treated too. Builds the optimizer from
+            a model, e.g. ``lambda m: torch.optim.SGD(m.parameters(), lr=0.1)``; remedies that
+            add or rename modules get a fresh optimizer over the new model's parameters.
+        steps: training steps of each probe (with ``optimizer``).
+        **check_kwargs: passed to :func:`gradvet.check` (``passes``, ``profile``, ``train``);
+            with ``optimizer``, only ``profile`` (the Monitor's).
 
     Returns:
         A :class:`TreatResult`; ``result.after`` is the measured re-check of ``result.model``.
@@ -177,6 +232,22 @@ def treat(
     require_module(model, "treat")
     if not isinstance(max_remedies, int) or max_remedies < 0:
         raise GradvetUsageError(f"max_remedies must be a non-negative int, got {max_remedies!r}")
+    if optimizer is not None:
+        if not callable(optimizer) or isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError("optimizer must be a function that builds an optimizer for a model (each remedy gets "
+                            "a fresh one), e.g. lambda m: torch.optim.SGD(m.parameters(), lr=0.1); got "
+                            f"{type(optimizer).__name__}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise GradvetUsageError(f"steps must be an int >= 1, got {steps!r}")
+        extra = set(check_kwargs) - {"profile"}
+        if extra:
+            raise GradvetUsageError(f"with optimizer=, treat diagnoses a training run and takes only profile=; "
+                                    f"got {sorted(extra)}")
+
+    def diagnose(m: nn.Module) -> Report:
+        if optimizer is None:
+            return check(m, batch, loss_fn, **check_kwargs)
+        return probe(m, batch, loss_fn, optimizer, steps, check_kwargs.get("profile"))
     if remedies is not None:
         if isinstance(remedies, str):
             raise TypeError(f"remedies must be a list of ids, got the string {remedies!r}; write [{remedies!r}]")
@@ -195,7 +266,7 @@ def treat(
             res = apply_remedy(rid, base, inplace=False, batch=batch)
             if not res:
                 return Attempt(rid, "no change", f"{rid} was applied already: nothing would change")
-            return res, check(res.model, batch, loss_fn, **check_kwargs)
+            return res, diagnose(res.model)
         except RemedyNotApplicable as err:
             return Attempt(rid, "not applicable", str(err))
         except Exception as err:  # one remedy failing on an unusual model must not end the treatment
@@ -207,7 +278,9 @@ def treat(
             return [r for r in remedies if r not in tried]
         return [r.id for r in ranked_remedies(rep) if r.id in MODEL_REMEDIES and r.id not in tried]
 
-    before = check(model, batch, loss_fn, **check_kwargs)
+    if optimizer is not None:
+        split_batch(batch, "treat")  # the probe indexes (inputs, targets): fail here with check's message
+    before = diagnose(model)
     current, report = model, before
     applied: list[Any] = []
     attempts: list[Attempt] = []

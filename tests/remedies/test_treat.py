@@ -376,3 +376,104 @@ def test_optimizer_snippets_build_a_torch_optimizer(rid: str) -> None:
     ns: dict = {"torch": torch, "model": nn.Linear(4, 2)}
     exec(CATALOGUE[rid][1], ns)
     assert isinstance(ns["opt"], torch.optim.Optimizer)
+
+
+# -- treat with a training probe: sickness that only shows in training ---------------
+def _explode_lr_case(seed: int = 0):
+    from gradvet.zoo import scenarios
+
+    (sc,) = [s for s in scenarios((seed,)) if s.id == f"explode-lr-3.0-s{seed}"]
+    model, batch, loss_fn = sc.build(seed)
+    return model, batch, loss_fn, sc.optimizer, sc.steps
+
+
+def _losses(model, batch, loss_fn, make_opt, steps):
+    """Plain-PyTorch reference loop: the losses of ``steps`` steps on the batch."""
+    model = copy.deepcopy(model)
+    opt = make_opt(model)
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(batch[0]), batch[1])
+        out.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    return out
+
+
+def test_treat_with_an_optimizer_heals_a_learning_rate_that_makes_training_explode() -> None:
+    model, batch, loss_fn, make_opt, steps = _explode_lr_case()
+    before_state = copy.deepcopy(model.state_dict())
+    assert gradvet.check(model, batch, loss_fn).healthy, "one batch at init sees nothing"
+    result = gradvet.treat(model, batch, loss_fn, optimizer=make_opt, steps=steps)
+    assert "exploding_gradients" in result.before.kinds()
+    assert [r.id for r in result.applied] == ["norm:batch"] and result.healthy
+    # the returned model is the treated *initial* model: the probes trained copies, not it
+    expected = gradvet.remedies.apply_remedy("norm:batch", model).model.state_dict()
+    got = result.model.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before_state.items())
+    # independent of gradvet's measurements: the same SGD(lr=3) diverges untreated and trains treated
+    plain = _losses(model, batch, loss_fn, make_opt, steps)
+    treated = _losses(result.model, batch, loss_fn, make_opt, steps)
+    assert not all(math.isfinite(v) for v in plain)
+    assert all(math.isfinite(v) for v in treated) and treated[-1] < 0.05 * treated[0]
+
+
+def test_treat_with_an_optimizer_leaves_loop_only_sickness_to_prescriptions() -> None:
+    from gradvet.zoo import scenarios
+
+    (sc,) = [s for s in scenarios((0,)) if s.id == "stalled-lr-s0"]
+    model, batch, loss_fn = sc.build(0)
+    result = gradvet.treat(model, batch, loss_fn, optimizer=sc.optimizer, steps=sc.steps)
+    assert "stalled_layers" in result.before.kinds() and not result.healthy
+    assert result.applied == [] and "optim:param_groups" in [r.id for r in result.prescriptions]
+
+
+def test_probe_trains_a_copy_and_reports_the_run() -> None:
+    from gradvet.treat import probe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    state = copy.deepcopy(model.state_dict())
+    report = probe(model, digits(128), F.cross_entropy, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), steps=5)
+    assert report.healthy and report.steps == 5
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        probe(model, digits(16), F.cross_entropy, lambda m: "sgd", steps=2)
+
+
+def test_treat_optimizer_arguments_are_checked() -> None:
+    model, batch = sigmoid_mlp(depth=3), digits(32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="function that builds an optimizer"):
+        gradvet.treat(model, batch, F.cross_entropy, optimizer=opt)  # type: ignore[arg-type]
+    make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)  # noqa: E731
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        gradvet.treat(model, batch, F.cross_entropy, optimizer=make, steps=0)
+    with pytest.raises(ValueError, match="takes only profile="):
+        gradvet.treat(model, batch, F.cross_entropy, optimizer=make, passes=2)
+    with pytest.raises(TypeError):
+        gradvet.treat(model, "not a batch", F.cross_entropy, optimizer=make)
+
+
+def test_cli_treat_with_an_optimizer_diagnoses_a_training_run(tmp_path: Path) -> None:
+    from gradvet.cli import app
+
+    script = tmp_path / "hot.py"
+    script.write_text(
+        "import torch\nfrom torch.nn import functional as F\nfrom gradvet.zoo import digits, mlp\n"
+        "def factory():\n    torch.manual_seed(0)\n    return mlp(4, 'relu', 64, 'he'), digits(256), F.cross_entropy\n"
+    )
+    res = CliRunner().invoke(app, ["treat", f"{script}:factory", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["applied"] == [], "healthy on one batch"
+    res = CliRunner().invoke(app, ["treat", f"{script}:factory", "--optimizer", "sgd", "--lr", "3.0",
+                                   "--steps", "40", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert "exploding_gradients" in [f["kind"] for f in out["before"]["findings"]]
+    assert [a["id"] for a in out["applied"]] == ["norm:batch"] and out["healthy"]
+    res = CliRunner().invoke(app, ["treat", f"{script}:factory", "--optimizer", "lbfgs", "--lr", "1"])
+    assert res.exit_code == 2 and "--optimizer must be one of" in res.output
+    res = CliRunner().invoke(app, ["treat", f"{script}:factory", "--optimizer", "sgd"])
+    assert res.exit_code == 2 and "positive --lr" in res.output

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradvet.diagnosis._context import has_optimizer
+from gradvet.diagnosis._context import has_optimizer, norm_layers
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import layer_update_ratio, nanmedian, total_grad_norm
 from gradvet.diagnosis._prescribe import remedy
@@ -75,6 +75,9 @@ def exploding_training_rule(run: Run) -> list[Finding]:
                     "and the next gradient is larger", 0.9),
               Cause("no_clipping", "nothing bounds the update when a gradient spikes", 0.5)]
     rems = [remedy("lr:lower", 0.9), remedy("clip:norm", 0.8), remedy("optim:adam", 0.3)]
+    if not norm_layers(run):
+        rems.insert(2, remedy("norm:batch", 0.5, "Ioffe & Szegedy (2015) train with far higher learning rates "
+                                                 "once each layer's input is normalised"))
     layers = _layer_growth(run, k, peak) or [x["name"] for x in run.ordered_layers() if x.get("params")][:1]
     return [Finding("exploding_gradients", "error" if went_nonfinite or growth >= 2 else "warning", layers,
                     evidence, causes, rems, {"log10_growth": growth, "went_nonfinite": went_nonfinite})]
