@@ -58,6 +58,31 @@ def before_after_table(result: Any) -> Table:
     return table
 
 
+def _first_vs_last(profile: list[float]) -> Optional[float]:
+    """Gradient reaching the first time step over the last one (None without a usable profile)."""
+    if len(profile) < 2 or not (profile[-1] > 0) or not all(math.isfinite(v) for v in (profile[0], profile[-1])):
+        return None
+    return profile[0] / profile[-1]
+
+
+def time_table(result: Any) -> Optional[Table]:
+    """Per recurrent layer: gradient reaching the first time step over the last, before and after."""
+    before = {x.name: x.time_profile for x in result.before.layers if x.time_profile}
+    after = {x.name: x.time_profile for x in result.after.layers if x.time_profile}
+    if not before and not after:
+        return None
+    table = Table(title="gradient reaching the first time step / the last, per recurrent layer")
+    for col, just in (("layer", "left"), ("steps", "right"), ("before", "right"), ("after", "right"),
+                      ("change", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for name in list(before) + [n for n in after if n not in before]:
+        b, a = _first_vs_last(before.get(name) or []), _first_vs_last(after.get(name) or [])
+        change = f"{math.log10(a / b):+.1f} dec" if a and b else ""
+        steps = len(after.get(name) or before.get(name) or [])
+        table.add_row(name or "(root)", str(steps), _sci(b), _sci(a), change)
+    return table
+
+
 def render_treat(result: Any) -> Group:
     """The whole treatment as a rich renderable."""
     parts: list[Any] = [
@@ -66,6 +91,9 @@ def render_treat(result: Any) -> Group:
         attempts_table(result) if result.attempts else Text("nothing to treat", style="green"),
         before_after_table(result),
     ]
+    times = time_table(result)
+    if times is not None:
+        parts.append(times)
     if result.prescriptions:
         parts.append(Text("still to do in the training loop (not applied by gradvet):", style="bold"))
         for rem in result.prescriptions:

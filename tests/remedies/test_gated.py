@@ -129,3 +129,19 @@ def test_a_remedy_that_does_nothing_does_not_ride_along_with_the_one_that_works(
     assert "with activation:relu on top" in first.reason and "activation:relu alone" in first.reason
     assert "init:noop" not in [r.id for r in result.applied]
     assert [r.id for r in result.applied][:1] == ["activation:relu"]
+
+
+def test_treat_table_shows_the_time_profile_and_it_matches_plain_autograd() -> None:
+    from gradvet._render_treat import treat_to_text
+
+    torch.manual_seed(0)
+    model, batch = SeqModel("RNN"), adding_problem(64, 50, 0)
+    result = gradvet.treat(model, batch, F.mse_loss)
+    for report, net in ((result.before, model), (result.after, result.model)):
+        profile = report.layer("rnn").time_profile
+        assert len(profile) == 50
+        assert profile[0] / profile[-1] == pytest.approx(first_vs_last_step_grad(net, batch), rel=1e-3)
+    text = treat_to_text(result)
+    assert "gradient reaching the first time step / the last" in text
+    before = result.before.layer("rnn").time_profile
+    assert f"{before[0] / before[-1]:.2e}" in text
