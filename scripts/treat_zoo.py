@@ -36,55 +36,47 @@ from gradvet.check import call_model
 from gradvet.zoo import adding_problem, scenarios
 
 
-def train_loss(model: nn.Module, batch: Any, loss_fn: Callable, steps: int, seed: int = 0) -> float:
-    """Mean loss over the last 10 of ``steps`` full-batch steps (inf if it diverged); for the recurrent
-    nets, the loss on 2000 held-out adding-problem sequences after training."""
+def _tail_loss(model: nn.Module, loss_fn: Callable, make_opt: Callable, steps: int,
+               batch_at: Callable[[int], Any], seed: int = 0) -> tuple[nn.Module, float]:
+    """Train a copy for ``steps`` steps on ``batch_at(step)``; the trained copy and the mean loss of
+    its last 10 steps (inf if the loss went non-finite)."""
     torch.manual_seed(seed)
     model = copy.deepcopy(model).train()
-    recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
-    opt: torch.optim.Optimizer
-    if recurrent:
-        opt, steps = torch.optim.Adam(model.parameters(), lr=0.01), 4 * steps
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    x, y = batch
+    opt = make_opt(model)
     tail: list[float] = []
     for i in range(steps):
-        if recurrent:
-            x, y = adding_problem(64, batch[0].shape[1], seed=10_000 + i)
+        x, y = batch_at(i)
         opt.zero_grad()
         loss = loss_fn(call_model(model, x), y)
         if not torch.isfinite(loss):
-            return math.inf
+            return model, math.inf
         loss.backward()
         opt.step()
         if i >= steps - 10:
             tail.append(float(loss.detach()))
-    if recurrent:
-        x, y = adding_problem(2000, batch[0].shape[1], seed=99)
-        with torch.no_grad():
-            loss = loss_fn(call_model(model.eval(), x), y)
-        return float(loss) if torch.isfinite(loss) else math.inf
-    return sum(tail) / len(tail)
+    return model, sum(tail) / len(tail)
+
+
+def train_loss(model: nn.Module, batch: Any, loss_fn: Callable, steps: int, seed: int = 0) -> float:
+    """Mean loss over the last 10 of ``steps`` full-batch steps (inf if it diverged); for the recurrent
+    nets, the loss on 2000 held-out adding-problem sequences after training."""
+    if not any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return _tail_loss(model, loss_fn, lambda m: torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9),
+                          steps, lambda i: batch, seed)[1]
+    T = batch[0].shape[1]
+    trained, tail = _tail_loss(model, loss_fn, lambda m: torch.optim.Adam(m.parameters(), lr=0.01), 4 * steps,
+                               lambda i: adding_problem(64, T, seed=10_000 + i), seed)
+    if not math.isfinite(tail):
+        return math.inf
+    x, y = adding_problem(2000, T, seed=99)
+    with torch.no_grad():
+        loss = loss_fn(call_model(trained.eval(), x), y)
+    return float(loss) if torch.isfinite(loss) else math.inf
 
 
 def probe_loss(model: nn.Module, batch: Any, loss_fn: Callable, make_opt: Callable, steps: int) -> float:
     """Mean loss over the last 10 of ``steps`` steps of the scenario's own optimizer (inf if it diverged)."""
-    torch.manual_seed(0)
-    model = copy.deepcopy(model).train()
-    opt = make_opt(model)
-    x, y = batch
-    tail: list[float] = []
-    for i in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(call_model(model, x), y)
-        if not torch.isfinite(loss):
-            return math.inf
-        loss.backward()
-        opt.step()
-        if i >= steps - 10:
-            tail.append(float(loss.detach()))
-    return sum(tail) / len(tail)
+    return _tail_loss(model, loss_fn, make_opt, steps, lambda i: batch)[1]
 
 
 def treat_scenario(sc: Any, seed: int, steps: int) -> dict[str, Any]:
