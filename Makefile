@@ -3,6 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# The test suite builds real torchvision/timm architectures (tests/corpus). PyPI's torchvision does not
+# import beside the 2.13.0 CPU wheel, so `make test` moves the venv to this matching pair (a CUDA build
+# that runs on the CPU; ~5.5 GB, taken from the machine's wheel cache in under a minute). `make demo`
+# stays on the light CPU wheel.
+TEST_TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint venv install install-dev lab clean
 
@@ -18,7 +23,8 @@ install: venv
 	$(BIN)/pip install -q -e .
 
 install-dev: venv
-	$(BIN)/pip install -q -e ".[dev,all]"
+	$(BIN)/pip install -q $(TEST_TORCH)
+	$(BIN)/pip install -q -e ".[dev,all,corpus]"
 
 demo: install
 	$(BIN)/gradvet demo
