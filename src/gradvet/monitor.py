@@ -4,7 +4,9 @@ Per optimizer step (``monitor.step(loss)``, after backward, before ``opt.step``)
 per-parameter gradient norm, max |g|, non-finite count and parameter norm, from
 ``p.grad`` read once, with fused ``torch._foreach_norm`` kernels, kept on the
 device. On a schedule (``layer_every``): per-layer taps (see :mod:`gradvet._taps`).
-On another (``update_every``): update/weight ratios from optimizer step hooks.
+On another (``update_every``): update/weight ratios from optimizer step hooks, also
+under ``optimizer.step(closure)`` (Lightning, LBFGS), where ``monitor.step`` runs
+inside the closure: the ratio is then recorded at the closure's first step.
 Device buffers move to the host every ``flush_every`` steps: that is the only
 host-device sync gradvet adds to a step.
 
@@ -121,6 +123,10 @@ class Monitor:
         # weights before optimizer.step() on an update step: (monitored indices, copies)
         self._before: Optional[tuple[list[int], list[Tensor]]] = None
         self._snapshots: dict[int, Tensor] = {}  # the copies' buffers, kept across update steps
+        # optimizer.step(closure): the first step the closure measures (the ratio's step), and
+        # the monitor step from which the next closure step is due for a ratio (update_every)
+        self._closure_from: Optional[int] = None
+        self._closure_next = 0
         # ||W|| per parameter measured by the last step() (None if it skipped them)
         self._weight_norms: Optional[Tensor] = None
         self._meta = self._static_meta()
@@ -298,8 +304,15 @@ class Monitor:
         return [(i, p) for i, p in enumerate(self.parameters) if id(p) in ids]
 
     def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._update_step is None or not self._entered:
+        if not self._entered:
             return
+        self._closure_from = None
+        if self._update_step is None:
+            # optimizer.step(closure) (Lightning, LBFGS): monitor.step() runs inside the
+            # closure, after this hook; the weights are snapshotted now if that step is due
+            if not _has_closure(optimizer, args, kwargs) or self._step < self._closure_next:
+                return
+            self._closure_from = self._step
         try:
             pairs = self._opt_params()
             index = [i for i, _ in pairs]
@@ -309,8 +322,12 @@ class Monitor:
             log.warning("gradvet: update snapshot failed: %s", e)
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        s, before = self._update_step, self._before
-        self._update_step, self._before = None, None
+        s, before, first = self._update_step, self._before, self._closure_from
+        self._update_step, self._before, self._closure_from = None, None, None
+        if first is not None:
+            if self._step == first:  # the closure measured no step: nothing to attach a ratio to
+                return
+            s, self._closure_next = first, (first // self.config.update_every + 1) * self.config.update_every
         if s is None or before is None or not before[0]:
             return
         try:
@@ -322,7 +339,9 @@ class Monitor:
             else:
                 # ||W|| is the norm step() measured on these same weights (optimizer.step()
                 # comes after monitor.step()); unbind + stack, not an index tensor (an H2D copy)
-                measured = self._weight_norms
+                # under a closure the last step() may have measured other weights (LBFGS
+                # evaluates the closure at trial points): ||W_before|| from the snapshot
+                measured = self._weight_norms if first is None else None
                 if measured is None:  # step() skipped ||W|| (e.g. an AMP-skipped update step)
                     wn = l2_norms(snap)
                 elif len(index) == len(self.parameters):  # _opt_params keeps the monitor's order
@@ -435,3 +454,15 @@ class Monitor:
         from gradvet.report import build_report
 
         return build_report(self.load())
+
+
+def _has_closure(optimizer: Any, args: Any, kwargs: Any) -> bool:
+    """Whether ``optimizer.step`` was called with a closure (positional or keyword).
+
+    The step hooks receive the bound call's arguments, the optimizer itself first.
+    """
+    closure = kwargs.get("closure") if kwargs else None
+    rest = args[1:] if args and args[0] is optimizer else args
+    if closure is None and rest:
+        closure = rest[0]
+    return callable(closure)
