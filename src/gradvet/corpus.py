@@ -1,0 +1,744 @@
+# mypy: disable-error-code="misc,index,arg-type,assignment,attr-defined,union-attr,operator,call-arg,no-any-return"
+"""A corpus of real architectures (torchvision, timm, transformers, PyTorch examples) with known verdicts.
+
+Healthy cases are the libraries' own models at their own default initialisation, in
+tiny configurations that a 2-core CPU runs in seconds: a correct diagnosis finds
+nothing to warn about. Sick cases are derived from those models by one documented
+change (every ReLU a Sigmoid, BatchNorm removed, convolution weights scaled, a NaN in
+the batch, a learning rate that diverges); each carries a ``verify`` function that
+measures the sickness with plain PyTorch autograd, independently of gradvet.
+
+``python -m gradvet.corpus [--markdown] [--only SUBSTR] [--full-size]`` prints gradvet's
+verdict on every case. The libraries are imported inside the builders, so importing
+this module needs none of them; a case whose library is missing is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Batch = tuple[Any, Any]
+Built = tuple[nn.Module, Batch, Callable[[Any, Any], torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One real architecture with a known diagnosis.
+
+    Attributes:
+        id: ``"library/model[-variant]"``, unique.
+        library: ``"torchvision"``, ``"timm"``, ``"transformers"`` or ``"torch"``.
+        family: ``"cnn"``, ``"vit"``, ``"encoder"``, ``"decoder"``, ``"encoder-decoder"``, ``"rnn"``, ...
+        build: ``seed -> (model, batch, loss_fn)``.
+        expect: finding kinds a correct verdict contains at warning/error (empty: healthy).
+        layers: module names; the expected finding must name at least one of them.
+        optimizer: for sickness that shows only in training: builds the optimizer of a
+            ``gradvet.Monitor`` loop of ``steps`` steps on the batch (else ``gradvet.check``).
+        steps: training steps with ``optimizer``.
+        verify: ``seed -> numbers`` measuring the sickness with plain PyTorch (sick cases).
+        note: what the variant changes, in words.
+    """
+
+    id: str
+    library: str
+    family: str
+    build: Callable[[int], Built]
+    expect: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+    optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None
+    steps: int = 20
+    verify: Optional[Callable[[int], dict[str, float]]] = None
+    note: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return not self.expect
+
+    @property
+    def available(self) -> bool:
+        """Whether the case's library is installed."""
+        return self.library == "torch" or importlib.util.find_spec(self.library) is not None
+
+
+# -- batches and losses -------------------------------------------------------------------
+def images(seed: int, n: int = 2, size: int = 64, classes: int = 10, channels: int = 3) -> Batch:
+    """``n`` random standard-normal images and random class targets."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def tokens(seed: int, vocab: int, n: int = 2, T: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, T), generator=g)
+
+
+def logits_ce(out: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of the logits (a tensor, or ``out.logits`` of a HF output) against the targets."""
+    logits = out.logits if hasattr(out, "logits") else out
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def lm_batch(seed: int, vocab: int, n: int = 2, T: int = 16, key: Optional[str] = "input_ids") -> Batch:
+    """Random tokens and their next-token labels (the last position predicts the first)."""
+    ids = tokens(seed, vocab, n, T)
+    return ({key: ids} if key else ids), torch.roll(ids, -1, dims=1)
+
+
+def _seeded(fn: Callable[[], nn.Module], seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return fn()
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+# -- transformers ---------------------------------------------------------------------------
+V, T_LEN = 256, 16  # vocabulary and sequence length of every language model
+
+
+def _hf(cls_name: str, config_name: str, **cfg: Any) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import transformers
+
+        config = getattr(transformers, config_name)(**cfg)
+        return getattr(transformers, cls_name)(config)
+    return make
+
+
+def _hf_lm(cls_name: str, config_name: str, **cfg: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        return _seeded(_hf(cls_name, config_name, **cfg), seed), lm_batch(seed, V), logits_ce
+    return build
+
+
+def _hf_seq2seq(cls_name: str, config_name: str, **cfg: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model = _seeded(_hf(cls_name, config_name, **cfg), seed)
+        src, tgt = tokens(seed, V, T=T_LEN), tokens(seed + 1, V, T=T_LEN)
+        inputs = {"input_ids": src, "decoder_input_ids": tgt}
+        return model, (inputs, torch.roll(tgt, -1, dims=1)), logits_ce
+    return build
+
+
+_DEC = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64)
+_ENC = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64)
+
+
+def _gpt2_cfg(**over: Any) -> dict[str, Any]:
+    return dict(dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64), **over)
+
+
+def _whisper(seed: int) -> Built:
+    model = _seeded(_hf("WhisperForConditionalGeneration", "WhisperConfig", vocab_size=V, d_model=64,
+                        encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                        encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=16,
+                        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                        decoder_start_token_id=1), seed)
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(2, 16, 32, generator=g)
+    tgt = tokens(seed + 1, V, T=T_LEN)
+    return model, ({"input_features": feats, "decoder_input_ids": tgt}, torch.roll(tgt, -1, dims=1)), logits_ce
+
+
+def _hf_vit(seed: int) -> Built:
+    model = _seeded(_hf("ViTForImageClassification", "ViTConfig", image_size=32, patch_size=8, num_channels=3,
+                        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        num_labels=10), seed)
+    x, y = images(seed, size=32)
+    return model, ({"pixel_values": x}, y), logits_ce
+
+
+def _wav2vec2(seed: int) -> Built:
+    model = _seeded(_hf("Wav2Vec2ForSequenceClassification", "Wav2Vec2Config", hidden_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_labels=10,
+                        mask_time_prob=0.0, layerdrop=0.0), seed)
+    g = torch.Generator().manual_seed(seed)
+    return model, ({"input_values": torch.randn(2, 800, generator=g)}, torch.randint(0, 10, (2,), generator=g)), \
+        logits_ce
+
+
+def _transformers_healthy() -> list[Case]:
+    dec, enc, s2s = "decoder", "encoder", "encoder-decoder"
+    rows: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("gpt2", dec, _hf_lm("GPT2LMHeadModel", "GPT2Config", **_gpt2_cfg())),
+        ("bert", enc, _hf_lm("BertForMaskedLM", "BertConfig", **_ENC)),
+        ("roberta", enc, _hf_lm("RobertaForMaskedLM", "RobertaConfig", **dict(_ENC, max_position_embeddings=66))),
+        ("distilbert", enc, _hf_lm("DistilBertForMaskedLM", "DistilBertConfig", vocab_size=V, dim=64, n_layers=2,
+                                   n_heads=4, hidden_dim=128, max_position_embeddings=64)),
+        ("albert", enc, _hf_lm("AlbertForMaskedLM", "AlbertConfig", **dict(_ENC, embedding_size=32))),
+        ("electra", enc, _hf_lm("ElectraForMaskedLM", "ElectraConfig", **dict(_ENC, embedding_size=32))),
+        ("t5", s2s, _hf_seq2seq("T5ForConditionalGeneration", "T5Config", vocab_size=V, d_model=64, d_ff=128, d_kv=16,
+                                num_layers=2, num_heads=4, decoder_start_token_id=0)),
+        ("bart", s2s, _hf_seq2seq("BartForConditionalGeneration", "BartConfig", vocab_size=V, d_model=64,
+                                  encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                  max_position_embeddings=64)),
+        ("llama", dec, _hf_lm("LlamaForCausalLM", "LlamaConfig", **dict(_DEC, num_key_value_heads=2))),
+        ("mistral", dec, _hf_lm("MistralForCausalLM", "MistralConfig", **dict(_DEC, num_key_value_heads=2))),
+        ("qwen2", dec, _hf_lm("Qwen2ForCausalLM", "Qwen2Config", **dict(_DEC, num_key_value_heads=2))),
+        ("phi", dec, _hf_lm("PhiForCausalLM", "PhiConfig", **_DEC)),
+        ("opt", dec, _hf_lm("OPTForCausalLM", "OPTConfig", vocab_size=V, hidden_size=64, ffn_dim=128,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                            word_embed_proj_dim=64)),
+        ("gpt_neo", dec, _hf_lm("GPTNeoForCausalLM", "GPTNeoConfig", vocab_size=V, hidden_size=64, num_layers=2,
+                                num_heads=4, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                                window_size=8)),
+        ("bloom", dec, _hf_lm("BloomForCausalLM", "BloomConfig", vocab_size=V, hidden_size=64, n_layer=2, n_head=4)),
+        ("vit", "vit", _hf_vit),
+        ("whisper", s2s, _whisper),
+        ("wav2vec2", enc, _wav2vec2),
+    ]
+    return [Case(f"transformers/{name}", "transformers", fam, b) for name, fam, b in rows]
+
+
+# -- torchvision ----------------------------------------------------------------------------
+def _tv(name: str, size: int = 64, **kw: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        import torchvision
+
+        model = _seeded(lambda: getattr(torchvision.models, name)(weights=None, num_classes=10, **kw), seed)
+        return model, images(seed, size=size), F.cross_entropy
+    return build
+
+
+def _tv_vit(seed: int) -> Built:
+    from torchvision.models import VisionTransformer
+
+    model = _seeded(lambda: VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                              mlp_dim=64, num_classes=10), seed)
+    return model, images(seed, size=32), F.cross_entropy
+
+
+def _torchvision_healthy() -> list[Case]:
+    rows: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("resnet18", "cnn", _tv("resnet18")),
+        ("resnet50", "cnn", _tv("resnet50")),
+        ("resnext50_32x4d", "cnn", _tv("resnext50_32x4d")),
+        ("vgg11", "cnn", _tv("vgg11", size=32)),
+        ("vgg11_bn", "cnn", _tv("vgg11_bn", size=32)),
+        ("densenet121", "cnn", _tv("densenet121")),
+        ("mobilenet_v2", "cnn", _tv("mobilenet_v2")),
+        ("mobilenet_v3_small", "cnn", _tv("mobilenet_v3_small")),
+        ("mobilenet_v3_large", "cnn", _tv("mobilenet_v3_large")),
+        ("efficientnet_b0", "cnn", _tv("efficientnet_b0")),
+        ("convnext_tiny", "cnn", _tv("convnext_tiny")),
+        ("regnet_x_400mf", "cnn", _tv("regnet_x_400mf")),
+        ("regnet_y_400mf", "cnn", _tv("regnet_y_400mf")),
+        ("shufflenet_v2_x0_5", "cnn", _tv("shufflenet_v2_x0_5")),
+        ("mnasnet0_5", "cnn", _tv("mnasnet0_5")),
+        ("squeezenet1_1", "cnn", _tv("squeezenet1_1")),
+        ("googlenet", "cnn", _tv("googlenet", aux_logits=False, init_weights=True)),
+        ("vit_tiny", "vit", _tv_vit),
+        ("swin_t", "vit", _tv("swin_t")),
+    ]
+    return [Case(f"torchvision/{name}", "torchvision", fam, b) for name, fam, b in rows]
+
+
+# -- timm -----------------------------------------------------------------------------------
+def _timm(name: str, size: int = 64, **kw: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        import timm
+
+        model = _seeded(lambda: timm.create_model(name, pretrained=False, num_classes=10, **kw), seed)
+        return model, images(seed, size=size), F.cross_entropy
+    return build
+
+
+def _timm_healthy() -> list[Case]:
+    rows: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("convnext_atto", "cnn", _timm("convnext_atto")),
+        ("efficientnet_b0", "cnn", _timm("efficientnet_b0")),
+        ("mobilenetv3_small_100", "cnn", _timm("mobilenetv3_small_100")),
+        ("regnety_002", "cnn", _timm("regnety_002")),
+        ("vit_tiny_patch16_224", "vit", _timm("vit_tiny_patch16_224", size=32, img_size=32, depth=4)),
+        ("deit3_small_patch16_224", "vit", _timm("deit3_small_patch16_224", size=32, img_size=32, depth=4)),
+        ("cait_xxs24_224", "vit", _timm("cait_xxs24_224", size=32, img_size=32, depth=4)),
+        ("poolformer_s12", "cnn", _timm("poolformer_s12")),
+        ("nf_resnet26", "cnn", _timm("nf_resnet26")),
+        ("swin_tiny_patch4_window7_224", "vit", _timm("swin_tiny_patch4_window7_224", img_size=64, window_size=4)),
+        ("resnet18_zero_init_last", "cnn", _timm("resnet18", zero_init_last=True)),
+        ("ghostnet_050", "cnn", _timm("ghostnet_050")),
+        ("rexnet_100", "cnn", _timm("rexnet_100")),
+        ("dla34", "cnn", _timm("dla34")),
+    ]
+    return [Case(f"timm/{name}", "timm", fam, b) for name, fam, b in rows]
+
+
+# -- torch.nn / pytorch examples ------------------------------------------------------------
+class RNNModel(nn.Module):
+    """pytorch/examples ``word_language_model``: embedding, LSTM/GRU/RNN_TANH, linear decoder."""
+
+    def __init__(self, rnn_type: str = "LSTM", ntoken: int = V, ninp: int = 64, nhid: int = 64, nlayers: int = 2,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        if rnn_type in ("LSTM", "GRU"):
+            self.rnn = getattr(nn, rnn_type)(ninp, nhid, nlayers, dropout=dropout, batch_first=True)
+        else:
+            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity="tanh", dropout=dropout, batch_first=True)
+        self.decoder = nn.Linear(nhid, ntoken)
+        initrange = 0.1  # the example's init_weights
+        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.drop(self.encoder(x)))
+        return self.decoder(self.drop(out))
+
+
+class TransformerLM(nn.Module):
+    """pytorch/examples ``word_language_model`` TransformerModel: embedding, sinusoidal positions, causal encoder."""
+
+    def __init__(self, ntoken: int = V, d: int = 64, nhead: int = 4, nhid: int = 128, nlayers: int = 2,
+                 norm_first: bool = False) -> None:
+        super().__init__()
+        self.d = d
+        self.encoder = nn.Embedding(ntoken, d)
+        pos = torch.arange(64).unsqueeze(1) * torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+        pe = torch.zeros(64, d)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos), torch.cos(pos)
+        self.register_buffer("pe", pe)
+        layer = nn.TransformerEncoderLayer(d, nhead, nhid, dropout=0.1, batch_first=True, norm_first=norm_first)
+        self.transformer_encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
+        self.decoder = nn.Linear(d, ntoken)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(T)
+        h = self.encoder(x) * math.sqrt(self.d) + self.pe[:T]
+        return self.decoder(self.transformer_encoder(h, mask=mask, is_causal=True))
+
+
+class DCGANDiscriminator(nn.Module):
+    """pytorch/examples ``dcgan`` Discriminator (ndf=16) on 64x64 images, with its ``weights_init``."""
+
+    def __init__(self, ndf: int = 16, nc: int = 3) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid(),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+def _rnn_lm(rnn_type: str, **kw: Any) -> Callable[[int], Built]:
+    return lambda seed: (_seeded(lambda: RNNModel(rnn_type, **kw), seed), lm_batch(seed, V, T=32, key=None), logits_ce)
+
+
+def _tf_lm(norm_first: bool) -> Callable[[int], Built]:
+    return lambda seed: (_seeded(lambda: TransformerLM(norm_first=norm_first), seed), lm_batch(seed, V, key=None),
+                         logits_ce)
+
+
+def _dcgan(seed: int) -> Built:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 64, 64, generator=g).clamp(-1, 1)
+    return _seeded(DCGANDiscriminator, seed), (x, torch.tensor([1.0, 0.0, 1.0, 0.0])), F.binary_cross_entropy
+
+
+def _torch_healthy() -> list[Case]:
+    return [
+        Case("torch/word_lm_lstm", "torch", "rnn", _rnn_lm("LSTM")),
+        Case("torch/word_lm_gru", "torch", "rnn", _rnn_lm("GRU")),
+        Case("torch/transformer_lm_postln", "torch", "decoder", _tf_lm(False)),
+        Case("torch/transformer_lm_preln", "torch", "decoder", _tf_lm(True)),
+        Case("torch/dcgan_discriminator", "torch", "cnn", _dcgan),
+    ]
+
+
+# -- independent measurements (plain autograd) for the sick variants --------------------------
+def output_grad_rms(model: nn.Module, batch: Batch, loss_fn: Callable, names: Sequence[str]) -> dict[str, float]:
+    """RMS per element of ``dL/d output`` of the named modules, by ``torch.autograd.grad`` (train mode)."""
+    outs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            outs[name] = out[0] if isinstance(out, tuple) else out
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        model.train()
+        inputs, targets = batch
+        loss = loss_fn(call(model, inputs), targets)
+        grads = torch.autograd.grad(loss, [outs[n] for n in names], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (float(g.pow(2).mean().sqrt()) if g is not None else 0.0) for n, g in zip(names, grads)}
+
+
+def _ratio_verifier(build: Callable[[int], Built], first: str, last: str) -> Callable[[int], dict[str, float]]:
+    def verify(seed: int) -> dict[str, float]:
+        model, batch, loss_fn = build(seed)
+        rms = output_grad_rms(model, batch, loss_fn, [first, last])
+        return {"first_rms": rms[first], "last_rms": rms[last], "first_over_last": rms[first] / rms[last]}
+    return verify
+
+
+def _nonfinite_verifier(build: Callable[[int], Built]) -> Callable[[int], dict[str, float]]:
+    def verify(seed: int) -> dict[str, float]:
+        model, (inputs, targets), loss_fn = build(seed)
+        model.train()
+        loss = loss_fn(call(model, inputs), targets)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        bad = sum(1 for g in grads if g is not None and not bool(torch.isfinite(g).all()))
+        return {"loss_finite": float(math.isfinite(float(loss))), "nonfinite_grad_params": float(bad),
+                "params": float(len(params))}
+    return verify
+
+
+def _divergence_verifier(build: Callable[[int], Built], optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                         steps: int) -> Callable[[int], dict[str, float]]:
+    """Plain training loop: the first loss, the largest finite loss, the step of the first non-finite loss."""
+    def verify(seed: int) -> dict[str, float]:
+        model, (inputs, targets), loss_fn = build(seed)
+        model.train()
+        opt = optimizer(model)
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_fn(call(model, inputs), targets)
+            losses.append(float(loss))
+            if not math.isfinite(losses[-1]):
+                break
+            loss.backward()
+            opt.step()
+        finite = [v for v in losses if math.isfinite(v)]
+        first_bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), -1)
+        return {"first_loss": losses[0], "max_finite_loss": max(finite), "first_nonfinite_step": float(first_bad),
+                "max_over_first": max(finite) / losses[0]}
+    return verify
+
+
+def _time_ratio_verifier(build: Callable[[int], Built]) -> Callable[[int], dict[str, float]]:
+    """Gradient of the last position's loss w.r.t. the RNN input at the first step over that at the last step."""
+    def verify(seed: int) -> dict[str, float]:
+        model, (x, y), _ = build(seed)
+        model.eval()  # no dropout: the pure recurrence
+        emb = model.encoder(x).detach().requires_grad_(True)
+        out, _ = model.rnn(emb)
+        loss = F.cross_entropy(model.decoder(out[:, -1]), y[:, -1])
+        (g,) = torch.autograd.grad(loss, emb)
+        first, last = float(g[:, 0].norm()), float(g[:, -1].norm())
+        return {"first_step": first, "last_step": last, "first_over_last": first / last}
+    return verify
+
+
+# -- deriving sick variants by replacing modules -------------------------------------------------
+def replace_modules(model: nn.Module, pred: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Replace every submodule ``m`` with ``pred(m)`` by ``make(m)``, in place; returns ``model``."""
+    for name, child in list(model.named_children()):
+        if pred(child):
+            setattr(model, name, make(child))
+        else:
+            replace_modules(child, pred, make)
+    return model
+
+
+_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish)
+_NORMS = (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)
+
+
+def sigmoid_acts(model: nn.Module) -> nn.Module:
+    return replace_modules(model, lambda m: isinstance(m, _ACTS), lambda m: nn.Sigmoid())
+
+
+def no_norms(model: nn.Module) -> nn.Module:
+    return replace_modules(model, lambda m: isinstance(m, _NORMS), lambda m: nn.Identity())
+
+
+def scale_weights(model: nn.Module, types: tuple[type, ...], factor: float) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, types):
+                m.weight.mul_(factor)
+    return model
+
+
+def _derived(base: Callable[[int], Built], *edits: Callable[[nn.Module], nn.Module]) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model, batch, loss_fn = base(seed)
+        for edit in edits:
+            model = edit(model)
+        return model, batch, loss_fn
+    return build
+
+
+def _nan_batch(base: Callable[[int], Built]) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model, (x, y), loss_fn = base(seed)
+        x = x.clone()
+        x[0, 0, 0, 0] = float("nan")
+        return model, (x, y), loss_fn
+    return build
+
+
+def _inf_weight(base: Callable[[int], Built], param: str) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model, batch, loss_fn = base(seed)
+        with torch.no_grad():
+            model.get_parameter(param).view(-1)[0] = float("inf")
+        return model, batch, loss_fn
+    return build
+
+
+def _no_residual_vit(model: nn.Module) -> nn.Module:
+    """torchvision ViT whose encoder blocks drop both residual adds (the class of each block is swapped)."""
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    class PlainEncoderBlock(EncoderBlock):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            x, _ = self.self_attention(self.ln_1(input), self.ln_1(input), self.ln_1(input), need_weights=False)
+            return self.mlp(self.ln_2(self.dropout(x)))
+
+    for blk in model.encoder.layers:
+        blk.__class__ = PlainEncoderBlock
+    return model
+
+
+def _reset_head(model: nn.Module) -> nn.Module:
+    model.heads.head.reset_parameters()
+    return model
+
+
+def _sgd(lr: float, momentum: float = 0.0) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
+
+
+def _sick(id: str, library: str, family: str, build: Callable[[int], Built], expect: tuple[str, ...],
+          layers: tuple[str, ...], verify: Callable[[int], dict[str, float]], note: str, **kw: Any) -> Case:
+    return Case(id, library, family, build, expect, layers, verify=verify, note=note, **kw)
+
+
+def _sick_cases() -> list[Case]:
+    van, exp, nonf = ("vanishing_gradients",), ("exploding_gradients",), ("nonfinite_gradients",)
+    out: list[Case] = []
+    add = out.append
+
+    vgg_sig = _derived(_tv("vgg11", size=32), sigmoid_acts)
+    add(_sick("torchvision/vgg11-sigmoid", "torchvision", "cnn", vgg_sig, van, ("features.0",),
+              _ratio_verifier(vgg_sig, "features.0", "classifier.6"), "every ReLU replaced by Sigmoid"))
+    vgg_x5 = _derived(_tv("vgg11", size=32), lambda m: scale_weights(m, (nn.Conv2d,), 5.0))
+    add(_sick("torchvision/vgg11-conv-x5", "torchvision", "cnn", vgg_x5, exp, ("features.0",),
+              _ratio_verifier(vgg_x5, "features.0", "classifier.6"), "every conv weight scaled x5 (no BN)"))
+    r18_sig = _derived(_tv("resnet18"), no_norms, sigmoid_acts)
+    add(_sick("torchvision/resnet18-nobn-sigmoid", "torchvision", "cnn", r18_sig, van, ("conv1",),
+              _ratio_verifier(r18_sig, "conv1", "fc"), "BatchNorm -> Identity, ReLU -> Sigmoid"))
+    r18_nan = _nan_batch(_tv("resnet18"))
+    add(_sick("torchvision/resnet18-nan-input", "torchvision", "cnn", r18_nan, nonf, ("conv1",),
+              _nonfinite_verifier(r18_nan), "one NaN pixel in the batch"))
+    r18, r18_opt = _tv("resnet18", size=32), _sgd(10.0, 0.9)
+    add(_sick("torchvision/resnet18-sgd-lr10", "torchvision", "cnn", r18, exp, ("conv1", "fc"),
+              _divergence_verifier(r18, r18_opt, 20), "SGD lr=10 momentum 0.9: the loss grows to ~1e13",
+              optimizer=r18_opt, steps=20))
+    sq, sq_opt = _tv("squeezenet1_1"), _sgd(1.0, 0.9)
+    add(_sick("torchvision/squeezenet1_1-sgd-lr1", "torchvision", "cnn", sq, nonf, ("features.0", "classifier.1"),
+              _divergence_verifier(sq, sq_opt, 20), "SGD lr=1 momentum 0.9: the loss is NaN by step 3",
+              optimizer=sq_opt, steps=20))
+    mb_sig = _derived(_tv("mobilenet_v2"), no_norms, sigmoid_acts)
+    add(_sick("torchvision/mobilenet_v2-nobn-sigmoid", "torchvision", "cnn", mb_sig, van, ("features.0.0",),
+              _ratio_verifier(mb_sig, "features.0.0", "classifier.1"), "BatchNorm -> Identity, ReLU6 -> Sigmoid"))
+    sq_sig = _derived(_tv("squeezenet1_1"), sigmoid_acts)
+    add(_sick("torchvision/squeezenet1_1-sigmoid", "torchvision", "cnn", sq_sig, van, ("features.0",),
+              _ratio_verifier(sq_sig, "features.0", "classifier.1"), "every ReLU replaced by Sigmoid"))
+    dn_sig = _derived(_tv("densenet121"), no_norms, sigmoid_acts)
+    add(_sick("torchvision/densenet121-nobn-sigmoid", "torchvision", "cnn", dn_sig, van, ("features.conv0",),
+              _ratio_verifier(dn_sig, "features.conv0", "classifier"), "BatchNorm -> Identity, ReLU -> Sigmoid"))
+    # torchvision zero-initialises the ViT head (no gradient below it at init): the variant gives it Linear's init
+    vit_plain = _derived(_tv_vit, _no_residual_vit, no_norms, sigmoid_acts, _reset_head)
+    add(_sick("torchvision/vit_tiny-noresidual-sigmoid", "torchvision", "vit", vit_plain, van, ("conv_proj",),
+              _ratio_verifier(vit_plain, "conv_proj", "heads.head"),
+              "residual adds and LayerNorms removed, GELU -> Sigmoid"))
+
+    gpt2 = _hf_lm("GPT2LMHeadModel", "GPT2Config", **_gpt2_cfg())
+    gpt2_inf = _inf_weight(gpt2, "transformer.h.1.mlp.c_fc.weight")
+    add(_sick("transformers/gpt2-inf-weight", "transformers", "decoder", gpt2_inf, nonf, ("transformer.h.1.mlp.c_fc",),
+              _nonfinite_verifier(gpt2_inf), "one weight of h.1.mlp.c_fc set to inf"))
+    gpt2_opt = _sgd(30.0, 0.9)
+    add(_sick("transformers/gpt2-sgd-lr30", "transformers", "decoder", gpt2, ("nonfinite_gradients",),
+              ("transformer.wte", "lm_head", "transformer.h.0.attn.c_attn"), _divergence_verifier(gpt2, gpt2_opt, 20),
+              "SGD lr=30 momentum 0.9: training diverges", optimizer=gpt2_opt, steps=20))
+    gpt2_deep = _hf_lm("GPT2LMHeadModel", "GPT2Config", **_gpt2_cfg(n_layer=6, initializer_range=0.2))
+    gpt2_noln = _derived(gpt2_deep, lambda m: replace_modules(m, lambda c: isinstance(c, nn.LayerNorm),
+                                                              lambda c: nn.Identity()))
+    add(_sick("transformers/gpt2-noln-init0.2", "transformers", "decoder", gpt2_noln, exp, ("transformer.wte",
+              "transformer.h.0.attn.c_attn"),
+              _ratio_verifier(gpt2_noln, "transformer.h.0.attn.c_attn", "transformer.h.5.mlp.c_proj"),
+              "6 layers, LayerNorms removed, initializer_range 0.2 (x10): the residual stream grows layer by layer"))
+    bert_deep = _hf_lm("BertForMaskedLM", "BertConfig", **dict(_ENC, num_hidden_layers=6, initializer_range=0.2))
+    bert_noln = _derived(bert_deep, no_norms)
+    add(_sick("transformers/bert-noln-init0.2", "transformers", "encoder", bert_noln, exp,
+              ("bert.embeddings.word_embeddings", "bert.encoder.layer.0.attention.self.query"),
+              _ratio_verifier(bert_noln, "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.5.output.dense"),
+              "6 layers, LayerNorms removed, initializer_range 0.2 (x10)"))
+
+    lstm_x5 = _derived(_rnn_lm("LSTM"), lambda m: _scale_recurrent(m, 5.0))
+    add(_sick("torch/word_lm_lstm-recurrent-x5", "torch", "rnn", lstm_x5, exp, ("rnn",),
+              _time_ratio_verifier(lstm_x5), "recurrent weights scaled x5: the gradient grows back through time"))
+    rnn_x3 = _derived(_rnn_lm("RNN_TANH"), lambda m: _orthogonal_recurrent(m, 3.0))
+    add(_sick("torch/word_lm_rnn_tanh-orthogonal-x3", "torch", "rnn", rnn_x3, exp, ("rnn",),
+              _time_ratio_verifier(rnn_x3), "RNN_TANH, recurrent weights orthogonal with gain 3"))
+    dc_sig = _derived(_dcgan, no_norms, sigmoid_acts)
+    add(_sick("torch/dcgan_discriminator-nobn-sigmoid", "torch", "cnn", dc_sig, van, ("main.0",),
+              _ratio_verifier(dc_sig, "main.0", "main.11"), "BatchNorm -> Identity, LeakyReLU -> Sigmoid"))
+
+    timm_r18 = _derived(_timm("resnet18"), no_norms, sigmoid_acts)
+    add(_sick("timm/resnet18-nobn-sigmoid", "timm", "cnn", timm_r18, van, ("conv1",),
+              _ratio_verifier(timm_r18, "conv1", "fc"), "BatchNorm -> Identity, ReLU -> Sigmoid"))
+    return out
+
+
+def _scale_recurrent(model: nn.Module, factor: float) -> nn.Module:
+    with torch.no_grad():
+        for name, p in model.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                p.mul_(factor)
+    return model
+
+
+def _orthogonal_recurrent(model: nn.Module, gain: float) -> nn.Module:
+    with torch.no_grad():
+        for name, p in model.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                nn.init.orthogonal_(p, gain=gain)
+    return model
+
+
+# -- the catalogue ----------------------------------------------------------------------------
+def cases() -> list[Case]:
+    """Every case of the corpus: the healthy real architectures, then the sick variants."""
+    return _transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy() + _sick_cases()
+
+
+def run_case(case: Case, seed: int = 0) -> Any:
+    """Diagnose ``case`` the way a user would: ``gradvet.check``, or a Monitor loop with its optimizer.
+
+    Returns:
+        The :class:`gradvet.Report`.
+    """
+    import gradvet
+
+    model, batch, loss_fn = case.build(seed)
+    if case.optimizer is None:
+        return gradvet.check(model, batch, loss_fn)
+    inputs, targets = batch
+    opt = case.optimizer(model)
+    with gradvet.Monitor(model, optimizer=opt) as monitor:
+        for _ in range(case.steps):
+            opt.zero_grad()
+            loss = loss_fn(call(model, inputs), targets)
+            loss.backward()
+            monitor.step(loss)
+            opt.step()
+    return monitor.report()
+
+
+def verdict_ok(case: Case, report: Any) -> tuple[bool, str]:
+    """Whether ``report`` is the right verdict for ``case`` (and why not)."""
+    sev = [f for f in report.findings if f.severity in ("warning", "error")]
+    if case.healthy:
+        return (not sev, "" if not sev else f"false alarm: {[(f.kind, f.severity, list(f.layers[:3])) for f in sev]}")
+    for kind in case.expect:
+        hits = [f for f in sev if f.kind == kind]
+        if not hits:
+            return False, f"missed {kind}; got {[f.kind for f in sev]}"
+        if case.layers and not any(name in f.layers for f in hits for name in case.layers):
+            return False, f"{kind} named {[list(f.layers[:4]) for f in hits]}, expected one of {list(case.layers)}"
+    return True, ""
+
+
+def describe(report: Any) -> str:
+    """``kind(severity)[first layers]`` for each warning/error finding; ``healthy`` if none."""
+    sev = [f for f in report.findings if f.severity in ("warning", "error")]
+    return "; ".join(f"{f.kind}({f.severity}) {list(f.layers[:3])}" for f in sev) or "healthy"
+
+
+# -- full size (by hand) ------------------------------------------------------------------------
+def full_size_cases() -> list[Case]:
+    """Production-size models at 224 px / 2 x 128 tokens: ``python -m gradvet.corpus --full-size``."""
+    def lm(cls: str, cfg: str, **kw: Any) -> Callable[[int], Built]:
+        return lambda s: (_seeded(_hf(cls, cfg, **kw), s), lm_batch(s, kw.get("vocab_size", 30522), T=128),
+                          logits_ce)
+    return [
+        Case("transformers/gpt2-124M", "transformers", "decoder", lm("GPT2LMHeadModel", "GPT2Config", vocab_size=50257)),
+        Case("transformers/bert-base", "transformers", "encoder", lm("BertForMaskedLM", "BertConfig", vocab_size=30522)),
+        Case("transformers/llama-16x1024", "transformers", "decoder",
+             lm("LlamaForCausalLM", "LlamaConfig", vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16)),
+        Case("torchvision/resnet50-224", "torchvision", "cnn", _tv("resnet50", size=224)),
+        Case("timm/convnext_tiny-224", "timm", "cnn", _timm("convnext_tiny", size=224)),
+        Case("timm/efficientnet_b0-224", "timm", "cnn", _timm("efficientnet_b0", size=224)),
+        Case("timm/mobilenetv3_large_100-224", "timm", "cnn", _timm("mobilenetv3_large_100", size=224)),
+    ]
+
+
+def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - a report printer
+    from rich.console import Console
+    from rich.table import Table
+
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[argv.index("--only") + 1] if "--only" in argv else ""
+    chosen = full_size_cases() if "--full-size" in argv else cases()
+    chosen = [c for c in chosen if only in c.id]
+    console = Console()
+    rows: list[tuple[str, str, str, str, str, float]] = []
+    for case in chosen:
+        if not case.available:
+            rows.append((case.id, case.library, "healthy" if case.healthy else "sick", "skipped", "-", 0.0))
+            continue
+        t0 = time.perf_counter()
+        report = run_case(case)
+        dt = time.perf_counter() - t0
+        ok, why = verdict_ok(case, report)
+        rows.append((case.id, case.library, "healthy" if case.healthy else "sick: " + ",".join(case.expect),
+                     describe(report), "right" if ok else "WRONG", dt))
+        console.print(f"{case.id}: {'right' if ok else 'WRONG'} {why} ({dt:.1f} s)", highlight=False)
+    table = Table(title="gradvet on real architectures")
+    for col in ("model", "library", "truth", "gradvet verdict", "right", "seconds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r[:5], f"{r[5]:.1f}")
+    console.print(table)
+    healthy_s = sum(r[5] for r in rows if r[2] == "healthy")
+    console.print(f"total {sum(r[5] for r in rows):.1f} s (healthy {healthy_s:.1f} s); "
+                  f"right {sum(r[4] == 'right' for r in rows)}/{len(rows)}")
+    if "--markdown" in argv:
+        print("| model | library | truth | gradvet verdict | right | seconds |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} |")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
