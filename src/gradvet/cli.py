@@ -156,6 +156,8 @@ def report(
     from gradvet.html import write_report
 
     target = out or record.with_suffix(".html")
+    if out is None and target == record:  # a record named *.html: never write the report over it
+        target = record.with_name(record.stem + ".report.html")
     try:
         write_report(record, target)
     except (FileNotFoundError, ValueError) as e:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import platform
@@ -48,7 +49,7 @@ from gradvet._validate import require_module, scalar_loss, trainable_parameters
 from gradvet._version import __version__
 from gradvet.config import MonitorConfig, ProfileLike, resolve_profile
 from gradvet.errors import GradvetUsageError
-from gradvet.record import RecordWriter, Run, load
+from gradvet.record import RecordWriter, Run, load_written, resolve_record_path
 from gradvet.stats._layer import LAYER_STATS
 from gradvet.stats._params import PARAM_STATS, param_stats
 from gradvet.stats._updates import l2_norms, snapshot, update_norms_
@@ -75,12 +76,17 @@ class Monitor:
             with several ranks (DDP or FSDP2 ``fully_shard``), record what one process would
             record on the global batch, rank 0 writing; ``"off"``: each rank records its
             own view; or a process group. See :mod:`gradvet._distributed`.
+        overwrite: replace an existing gradvet record at ``record`` (default False: refuse
+            it). Any other file there is always refused, never deleted. Entering the same
+            Monitor again appends to its own record.
         **overrides: fields of :class:`gradvet.MonitorConfig` to change, e.g.
             ``layer_every=10``.
 
     Raises:
         TypeError: ``model`` is not a module, or ``optimizer``/``scaler`` have the wrong type.
         ValueError: the model has no trainable parameters, or a config value is invalid.
+            On entering: ``record`` is another file, an existing record (without
+            ``overwrite``), or is being written by another Monitor.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class Monitor:
         record: Optional[PathLike] = None,
         profile: ProfileLike = None,
         distributed: Any = "auto",
+        overwrite: bool = False,
         **overrides: Any,
     ) -> None:
         self.model = model = _distributed.unwrap(require_module(model, "Monitor"))
@@ -110,7 +117,11 @@ class Monitor:
         infos, modules, kinds = discover_layers(model, self._param_index)
         self.layer_infos = infos
         self._taps = LayerTaps(infos, modules, kinds, self.config.saturation_threshold, self.config.time_profile)
-        self.record_path = record
+        self.record_path = resolve_record_path(record)  # absolute: an os.chdir() cannot move it
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"Monitor(overwrite=...) takes True or False, got {overwrite!r}")
+        self._overwrite, self._record_started = overwrite, False  # a second `with` appends
+        self._record_error: Optional[BaseException] = None
         self.run: Optional[Run] = None if record is not None else Run()
         self._writer: Optional[RecordWriter] = None
         self._hooks = HookSet()
@@ -139,8 +150,11 @@ class Monitor:
         if self._entered:
             raise GradvetUsageError("this Monitor is already active; use one `with monitor:` block at a time")
         if self.record_path is not None and self._writer is None and (self._dist is None or self._dist.is_writer):
-            self._writer = RecordWriter(self.record_path)
-            self._writer.meta(**self._meta)
+            self._writer = RecordWriter(
+                self.record_path, overwrite=self._overwrite, append=self._record_started, meta=self._meta
+            )
+            self._record_started = True
+            atexit.register(self.close)  # entered by hand and never closed: flush at exit
         elif self.run is not None:
             self.run.meta.update(self._meta)
         self._taps.attach(self.model, self._hooks)
@@ -164,6 +178,7 @@ class Monitor:
         if not self._entered:
             return
         self._entered = False
+        atexit.unregister(self.close)
         self._hooks.remove()
         self._taps.active = False
         self._snapshots, self._before, self._weight_norms = {}, None, None
@@ -179,6 +194,7 @@ class Monitor:
         if self._writer is not None:
             self._writer.meta(**final)
             self._writer.close()
+            self._record_error = self._writer.failed
             self._writer = None
         elif self.run is not None:
             self.run.meta.update(final)
@@ -447,7 +463,8 @@ class Monitor:
             return self.run
         if self._writer is not None:
             self._writer.flush()
-        return load(self.record_path)  # type: ignore[arg-type]
+        failed = self._writer.failed if self._writer is not None else self._record_error
+        return load_written(self.record_path, failed)  # type: ignore[arg-type]
 
     def report(self) -> Any:
         """Diagnose the run so far and return a :class:`gradvet.Report`."""

@@ -96,7 +96,7 @@ def write_report(record_path: PathLike, out_path: PathLike, title: str = "") -> 
 
     Raises:
         FileNotFoundError: no record at ``record_path``.
-        ValueError: the file is not a gradvet record.
+        ValueError: the file is not a gradvet record, or ``out_path`` is that record.
 
     Example:
         >>> from gradvet.html import write_report
@@ -107,6 +107,8 @@ def write_report(record_path: PathLike, out_path: PathLike, title: str = "") -> 
 
     run = load(record_path)
     out = Path(out_path)
+    if out.exists() and os.path.samefile(out, record_path):
+        raise ValueError(f"the report would overwrite its own record {str(out)!r}; give another output file")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(run, title or f"gradvet report: {Path(record_path).name}"), encoding="utf-8")
     return out
