@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -135,8 +135,8 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 
 
 def _create_atomically(path: Path, meta: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".creating")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.creating")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for open()
     try:
         con = sqlite3.connect(tmp)
         try:
@@ -175,7 +175,7 @@ def open_for_writing(path: Path, meta: dict[str, Any], overwrite: bool = False, 
             return lock
         _refuse_existing(path, overwrite)
         for stale in path.parent.iterdir():  # left by a writer killed while creating the record
-            if stale.name.startswith(f".{path.name}.") and stale.name.endswith(".creating"):
+            if stale.name.startswith(f".{path.name}.") and ".creating" in stale.name[len(path.name) + 2:]:
                 stale.unlink(missing_ok=True)
         _create_atomically(path, meta)
     except BaseException:

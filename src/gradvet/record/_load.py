@@ -174,8 +174,8 @@ def load(path: PathLike) -> Run:
         raise FileNotFoundError(f"no gradvet record at {str(p)!r}; pass the path given to Monitor(record=...)")
     try:
         con = _connect_readonly(p)
-    except (sqlite3.Error, OSError) as e:
-        raise ValueError(f"{str(p)!r} is not a gradvet record, or is damaged (SQLite said: {e})") from None
+    except Exception as e:  # SQLite's message itself may quote damaged bytes (UnicodeDecodeError)
+        raise ValueError(f"{str(p)!r} is not a gradvet record, or is damaged ({type(e).__name__}: {e})") from None
     try:
         return _read(con, p)
     except _Damaged as e:
