@@ -138,7 +138,8 @@ _ENC = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_laye
 
 
 def _gpt2_cfg(**over: Any) -> dict[str, Any]:
-    return dict(dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64), **over)
+    return dict(dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=V - 1,
+                     eos_token_id=V - 1), **over)
 
 
 def _whisper(seed: int) -> Built:
@@ -414,7 +415,7 @@ def _nonfinite_verifier(build: Callable[[int], Built]) -> Callable[[int], dict[s
         params = [p for p in model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         bad = sum(1 for g in grads if g is not None and not bool(torch.isfinite(g).all()))
-        return {"loss_finite": float(math.isfinite(float(loss))), "nonfinite_grad_params": float(bad),
+        return {"loss_finite": float(math.isfinite(float(loss.detach()))), "nonfinite_grad_params": float(bad),
                 "params": float(len(params))}
     return verify
 
@@ -430,7 +431,7 @@ def _divergence_verifier(build: Callable[[int], Built], optimizer: Callable[[nn.
         for _ in range(steps):
             opt.zero_grad()
             loss = loss_fn(call(model, inputs), targets)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
                 break
             loss.backward()
