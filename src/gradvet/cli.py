@@ -187,7 +187,10 @@ def watch(
     """Live terminal view of a run in progress (tails its record)."""
     from gradvet.watch import watch as _watch
 
-    _watch(record, interval=interval, once=once, console=console)
+    try:
+        _watch(record, interval=interval, once=once, console=console)
+    except (FileNotFoundError, ValueError) as e:  # missing or damaged record, interval <= 0: exit 2
+        raise typer.BadParameter(str(e)) from None
 
 
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}

@@ -129,7 +129,7 @@ def _frame(path: Path) -> tuple[Any, bool]:
         return Text(f"waiting for {path} to become a gradvet record ({e}) ...", style="dim"), False
     if run is None:
         return Text(f"waiting for {path} ...", style="dim"), False
-    done = str(run.meta.get("status", "")).startswith(("finished", "crashed"))
+    done = str(run.meta.get("status", "")).startswith(("finished", "crashed", "record write failed"))
     return render_frame(run, path), done
 
 
