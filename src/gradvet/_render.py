@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from typing import Any, Optional
 
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 _SEV_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
+_UNBOUNDED = 100_000  # columns offered when measuring a table's natural width
 
 
 def _fmt(x: Optional[float], pct: bool = False) -> str:
@@ -85,10 +88,62 @@ def render_report(report: Any) -> Any:
     yield Group(*parts)
 
 
+def _tables(console: Console, obj: Any) -> Iterator[Table]:
+    """The tables inside ``obj``: itself, a Group's children, what a gradvet object renders to."""
+    if isinstance(obj, Table):
+        yield obj
+    elif isinstance(obj, Group):
+        for part in obj.renderables:
+            yield from _tables(console, part)
+    elif not isinstance(obj, (str, Text, Panel)) and hasattr(obj, "__rich_console__"):
+        for part in obj.__rich_console__(console, console.options):
+            yield from _tables(console, part)
+
+
+def natural_width(console: Console, obj: Any) -> int:
+    """Columns the tables in ``obj`` need to show every cell whole (0 when it has none).
+
+    Text and panels are left out: they wrap at any width without losing a character.
+    """
+    options = console.options.update_width(_UNBOUNDED)
+    return max((Measurement.get(console, options, t).maximum for t in _tables(console, obj)), default=0)
+
+
+def print_uncut(console: Console, obj: Any) -> None:
+    """Print ``obj``; to a file or a pipe, at the width its tables need, so no cell is cut.
+
+    On a terminal rich fits the window. Elsewhere it assumes 80 columns and cuts cells
+    to fit (``1.22…``, ``8.37e-…``): a log file or ``gradvet show run.gradvet | cat``
+    would lose the numbers. A file has no columns to fit, so there the console is widened
+    for this one print (and restored).
+
+    Example:
+        >>> import io
+        >>> from rich.console import Console
+        >>> table = Table("layer", "value")
+        >>> table.add_row("transformer.h.11.mlp.c_proj", "8.37e-05")
+        >>> console = Console(file=io.StringIO(), width=20)
+        >>> print_uncut(console, table)
+        >>> "8.37e-05" in console.file.getvalue() and console.width == 20
+        True
+    """
+    need = 0 if console.is_terminal else natural_width(console, obj)
+    old = console.width
+    if need <= old:
+        console.print(obj)
+        return
+    console.width = need
+    try:
+        console.print(obj)
+    finally:
+        console.width = old
+
+
 def to_text(renderable: Any, width: int = 120) -> str:
-    """Plain text of any rich renderable (for ``str()``, logs and tests)."""
+    """Plain text of any rich renderable (for ``str()``, logs and tests); tables wider than
+    ``width`` are printed whole, never cut."""
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-    console.print(renderable)
+    print_uncut(console, renderable)
     return console.export_text()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -11,6 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from gradvet._render import print_uncut
 from gradvet._version import __version__
 
 app = typer.Typer(
@@ -33,6 +35,22 @@ def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """gradvet command line."""
+
+
+def _json(obj: Any, indent: int = 2) -> str:
+    """JSON text of ``obj``; NaN and infinities become the strings "nan", "inf", "-inf"
+    (bare ``NaN`` is not JSON, and ``null`` would read as "not measured")."""
+
+    def safe(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return str(x)
+        if isinstance(x, dict):
+            return {k: safe(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [safe(v) for v in x]
+        return x
+
+    return json.dumps(safe(obj), default=str, indent=indent, allow_nan=False)
 
 
 def load_factory(spec: str) -> Any:
@@ -117,26 +135,35 @@ def check(
     except (TypeError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), default=str, indent=2))
+        typer.echo(_json(report.to_dict()))
     else:
-        console.print(report)
+        print_uncut(console, report)
     raise typer.Exit(0 if report.healthy else 1)
 
 
 @app.command()
-def show(record: Path = typer.Argument(..., help="a .gradvet record")) -> None:
-    """Print a record's per-layer table and findings."""
+def show(
+    record: Path = typer.Argument(..., help="a .gradvet record"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (the same fields as check --json)."),
+) -> None:
+    """Print a record's per-layer table and findings.
+
+    Piped or redirected, the table is printed at its full width: no value is cut.
+    """
     import gradvet
 
     try:
         run = gradvet.load(record)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
+    if as_json:
+        typer.echo(_json(run.report().to_dict()))
+        return
     meta = run.meta
     console.print(
         f"[bold]{record}[/]: model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
     )
-    console.print(run.report())
+    print_uncut(console, run.report())
 
 
 @app.command()
@@ -256,9 +283,9 @@ def treat(
             "applied": [{"id": r.id, "changes": [dataclasses.asdict(c) for c in r.changes]} for r in result.applied],
             "prescriptions": [r.id for r in result.prescriptions],
         }
-        typer.echo(json.dumps(payload, default=str, indent=1))
+        typer.echo(_json(payload, indent=1))
     else:
-        console.print(result)
+        print_uncut(console, result)
     if out is not None:
         import torch
 

@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gradvet._render import print_uncut
 from gradvet.html._data import layer_label, signal_layers
 from gradvet.record._run import Run
 
@@ -158,9 +159,18 @@ def watch(record_path: PathLike, interval: float = 2.0, once: bool = False, cons
         run = _read(path)
         if run is None:
             raise FileNotFoundError(f"no gradvet record at {str(path)!r}; pass the path given to Monitor(record=...)")
-        console.print(render_frame(run, path))
+        print_uncut(console, render_frame(run, path))
         return
     frame, done = _frame(path)
+    if not console.is_terminal:  # a log or a pipe: no live redraw, the final frame, uncut
+        try:
+            while not done:
+                time.sleep(interval)
+                frame, done = _frame(path)
+        except KeyboardInterrupt:
+            pass
+        print_uncut(console, frame)
+        return
     with Live(frame, console=console, refresh_per_second=4, transient=False) as live:
         try:
             while not done:

@@ -41,10 +41,16 @@ def summary_scalars(report: Any) -> dict[str, float]:
 
 
 def print_findings(report: Any, console: Optional[Any] = None) -> None:
-    """Print a report with rich (the user asked for it: ``print_findings=True``)."""
+    """Print a report with rich (the user asked for it: ``print_findings=True``).
+
+    Into a log file (stdout not a terminal) the table is printed at its full width, so
+    no number is cut to fit 80 columns.
+    """
     from rich.console import Console
 
-    (console or Console()).print(report)
+    from gradvet._render import print_uncut
+
+    print_uncut(console or Console(), report)
 
 
 def unscaled(loss: Tensor, scaler: Any) -> Tensor:
