@@ -40,6 +40,10 @@ class LayerInfo:
             followed by a functional activation, that activation's name once seen.
         params: indices into the monitor's parameter list owned by this layer.
         order: execution order (input side first), -1 until the layer has run.
+        graph: what the backward graph says of the layer (read on the first measured step,
+            ``LayerTaps.read_structure``): ``trunk`` (its input's position on the trunk, 0
+            nearest the loss), ``branch`` (its output is off the trunk), ``per_unit`` (values
+            per unit behind its dead-unit fraction).
     """
 
     name: str
@@ -50,9 +54,10 @@ class LayerInfo:
     order: int = -1
     channel_first: bool = False
     time_dim: Optional[int] = None
+    graph: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "type": self.type,
             "role": self.role,
@@ -60,6 +65,9 @@ class LayerInfo:
             "params": list(self.params),
             "order": self.order,
         }
+        if self.graph:
+            out["graph"] = dict(self.graph)
+        return out
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)

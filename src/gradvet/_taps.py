@@ -118,6 +118,19 @@ class LayerTaps:
         self._time: dict[int, Tensor] = {}
         self._producer: dict[int, tuple[int, Tensor, int]] = {}
         self._mode: Optional[_FunctionalActivations] = None
+        # The graph: read once, on the first measured step (the structure step), from the
+        # nodes each layer's input and output came from. Until then every parameter
+        # layer's input is measured; afterwards only the trunk's (gradvet._graph).
+        self.structure_pending = True
+        self._nodes: dict[int, tuple[Any, Any, bool]] = {}
+        self._out_node: Any = None
+        self._trunk_owner: set[int] = set()
+        # ||dL/dx * x||^2 of layer inputs (the loss's sensitivity to a relative change of
+        # the input, blind to the input's scale), and the inputs held until backward
+        self._sens: Optional[Tensor] = None
+        self._held: dict[int, Tensor] = {}
+        self._fired: set[int] = set()
+        self._hooked: set[int] = set()
 
     # -- wiring -------------------------------------------------------------------------
     def attach(self, root: nn.Module, hooks: HookSet) -> None:
@@ -139,6 +152,7 @@ class LayerTaps:
     @_eager
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._calls = [0] * len(self.infos)
+        self._hooked = set()
         if self._measuring() and self._mode is None:
             self._mode = _FunctionalActivations(self)
             self._mode.__enter__()
@@ -148,6 +162,9 @@ class LayerTaps:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
+        if self.structure_pending and self._measuring() and self._out_node is None:
+            y = first_tensor(output)
+            self._out_node = None if y is None else y.grad_fn
         self._producer.clear()
         self.in_activation_module = 0
 
@@ -179,7 +196,10 @@ class LayerTaps:
             self._table = torch.zeros(len(self.infos), N_ACC, dtype=torch.float64, device=self.device)
         self._table[i, sl].add_(value.to(self.device))
 
-    def _add_alive(self, i: int, call: int, alive: Tensor) -> None:
+    def _add_alive(self, i: int, call: int, alive: Tensor, values: int) -> None:
+        if self.structure_pending and call == 0 and alive.numel():
+            # how many values each unit's verdict rests on (a squeeze-excitation unit sees one per sample)
+            self.infos[i].graph["per_unit"] = values // alive.numel()
         alive, prev, segs = alive.flatten(), self._alive[i], self._segments[i]
         seg = segs.get(call)
         if prev is not None and seg is not None and seg[1] == alive.numel():
@@ -212,12 +232,79 @@ class LayerTaps:
             acc, alive = output_stats(y, self.kinds[i], self.threshold, self._unit_dim(i, args, y))
             self._add(i, slice(3, 8), acc)
             if alive is not None:
-                self._add_alive(i, call, alive)
+                self._add_alive(i, call, alive, y.numel())
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 y.register_hook(partial(self._on_grad, i))
+            if call == 0 and info.role == "param":
+                self._tap_input(i, args, y, output)
         except Exception as e:  # never let measuring break training
             self._fail(e)
+
+    def _tap_input(self, i: int, args: Any, y: Tensor, output: Any) -> None:
+        """Hook the layer's input for ||dL/dx * x|| and, on the structure step, note the graph nodes."""
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is not None and not (x.is_floating_point() and x.requires_grad and x.grad_fn is not None):
+            x = None  # data, token ids, or a leaf: nothing flows back into it
+        owns = x is not None and id(x) not in self._hooked
+        if self.structure_pending:
+            self._nodes[i] = (None if x is None else x.grad_fn, y.grad_fn, owns)
+        elif i not in self._trunk_owner:
+            return
+        if x is None or not owns:
+            return
+        self._hooked.add(id(x))
+        # held by the taps, not by the hook: x -> hook -> taps -> x would be a cycle through C++
+        self._held[i] = x
+        x.register_hook(partial(self._on_input_grad, i, x._version))
+
+    def _on_input_grad(self, i: int, version: int, g: Tensor) -> None:
+        x = self._held.get(i)
+        if self.failed or x is None or x._version != version:
+            return  # changed in place since: its values are no longer the ones g belongs to
+        try:
+            with torch._C.DisableTorchFunction():
+                g64 = g.detach().double()
+                sens = torch.stack([(g64 * x.detach().double()).square().sum(), g64.square().sum()])
+                if self._sens is None:
+                    self._sens = torch.zeros(len(self.infos), 2, dtype=torch.float64, device=sens.device)
+                self._sens[i] += sens.to(self._sens.device)
+                self._fired.add(i)
+        except Exception as e:
+            self._fail(e)
+
+    def read_structure(self, root: Any = None) -> None:
+        """Read the backward graph from ``root`` (the loss's ``grad_fn``; default the model output's) and
+        set each parameter layer's ``graph`` facts: ``trunk`` (its input's position on the trunk, 0 =
+        nearest the loss) for the layers measured from now on, ``branch`` for layers off the trunk."""
+        from gradvet._graph import dominators, read_graph, trunk
+
+        self.structure_pending = False
+        nodes, self._nodes = self._nodes, {}
+        root = root if root is not None else self._out_node
+        self._out_node = None
+        if root is None or not nodes:
+            return
+        try:
+            g = read_graph([root])
+            idom = dominators(g)
+            outs = {i: g.index.get(id(n)) for i, (_, n, _) in nodes.items() if n is not None}
+            outs = {i: k for i, k in outs.items() if k is not None and idom[k] != -2}
+            if not outs:
+                return
+            first = min(outs, key=lambda i: self.infos[i].order)
+            chain = trunk(g, idom, outs[first])
+            pos = {k: p for p, k in enumerate(chain)}
+            for i, (xn, _, owns) in nodes.items():
+                facts = self.infos[i].graph
+                xk = None if xn is None else g.index.get(id(xn))
+                if owns and xk in pos:
+                    facts["trunk"] = pos[xk]
+                    self._trunk_owner.add(i)
+                if i in outs and outs[i] not in pos:
+                    facts["branch"] = True
+        except Exception:  # the chain view stays: structure is an aid, never a cost
+            log.exception("gradvet: could not read the model's graph")
 
     def _unit_dim(self, i: int, args: Any, y: Tensor) -> int:
         info = self.infos[i]
@@ -261,7 +348,7 @@ class LayerTaps:
                 if sat is not None:
                     self._add(i, slice(6, 7), sat.double().reshape(1))
                 if alive is not None:
-                    self._add_alive(i, call, alive)
+                    self._add_alive(i, call, alive, out.numel())
         except Exception as e:
             self._fail(e)
 
@@ -328,3 +415,18 @@ class LayerTaps:
         self._calls = [0] * len(self.infos)
         self._time = {}
         return stats, times
+
+    def collect_sens(self, inv_scale: Optional[Tensor] = None) -> Tensor:
+        """``[L, 2]``: ``||dL/dx * x||`` and ``||dL/dx||`` of the layers' inputs measured since the last
+        call (NaN for the others); resets."""
+        dev = self.device or torch.device("cpu")
+        out = torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
+        sens, self._sens = self._sens, None
+        fired, self._fired, self._held = self._fired, set(), {}
+        if sens is not None and fired:
+            idx = torch.tensor(sorted(fired), dtype=torch.long, device=dev)
+            vals = sens.to(dev).sqrt().float()
+            if inv_scale is not None:
+                vals = vals * inv_scale.to(dev, torch.float32)
+            out[idx] = vals[idx]
+        return out

@@ -128,6 +128,7 @@ class Monitor:
         self._entered = False
         self._step = 0
         self._buf: dict[str, list] = {}
+        self._loss_node: Any = None
         self._last_flush = time.monotonic()
         self._last_stats: Optional[Tensor] = None
         self._update_step: Optional[int] = None
@@ -232,6 +233,8 @@ class Monitor:
                 "the with block (or call monitor.__enter__() first)"
             )
         loss_t = scalar_loss(loss, "monitor.step")
+        # the graph is read from the loss when it has one (a model may return more than the loss uses)
+        self._loss_node = getattr(loss, "grad_fn", None) if self._taps.structure_pending else None
         s = self._step
         try:
             self._measure(s, loss_t)
@@ -304,9 +307,13 @@ class Monitor:
             inv = None if scale is None else 1.0 / scale.float()
             if self._dist is not None:
                 self._dist.reduce_taps(self._taps)
+            if self._taps.structure_pending:
+                self._taps.read_structure(self._loss_node)
+                self._loss_node = None
             lstats, times = self._taps.collect(inv)
             buf.setdefault("layer_step", []).append(s)
             buf.setdefault("layer", []).append(lstats)
+            buf.setdefault("sens", []).append(self._taps.collect_sens(inv))
             for i, t in times.items():
                 buf.setdefault(f"time:{i}", []).append((s, t))
         if self.optimizer is not None and s % self.config.update_every == 0:
@@ -433,6 +440,10 @@ class Monitor:
             lstats = torch.stack(buf["layer"]).cpu().numpy()  # [k, L, 8]
             for j, name in enumerate(LAYER_STATS):
                 blocks.append((f"layer/{name}", lsteps, lstats[:, :, j]))
+            if buf.get("sens"):
+                sens = torch.stack(buf["sens"]).cpu().numpy()  # [k, L, 2]
+                blocks.append(("graph/in_sens", lsteps, sens[:, :, 0]))
+                blocks.append(("graph/in_grad", lsteps, sens[:, :, 1]))
         for key in [k for k in buf if k.startswith("time:")]:
             i = int(key.split(":", 1)[1])
             rows = buf[key]

@@ -8,6 +8,7 @@ its first milliseconds included, leaves a record that is absent or loads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -171,6 +172,7 @@ def test_old_records_without_checksums_still_load(clean, tmp_path):
     assert "does not match" in run.meta["damaged"][0] and said
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks its writers")
 def test_sigkill_at_random_times_leaves_no_record_or_a_valid_one(tmp_path):
     trials = 24
     res = subprocess.run(

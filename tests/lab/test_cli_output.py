@@ -129,3 +129,21 @@ def test_json_writes_non_finite_values_as_strings() -> None:
     assert json.loads(_json({"a": [float("nan"), float("inf"), -float("inf"), 1.5]})) == {
         "a": ["nan", "inf", "-inf", 1.5]
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["watch", "--once", "{missing}"], "no gradvet record at"),
+        (["watch", "--interval", "0", "{missing}"], "must be > 0 seconds, got 0.0"),
+        (["watch", "--once", "{empty}"], "not a gradvet record"),
+        (["show", "{missing}"], "no gradvet record at"),
+    ],
+)
+def test_usage_errors_are_one_message_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty.gradvet").write_bytes(b"")
+    paths = {"missing": tmp_path / "none.gradvet", "empty": tmp_path / "empty.gradvet"}
+    result = CliRunner().invoke(app, [a.format(**paths) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert message in " ".join(result.output.replace("│", " ").split())

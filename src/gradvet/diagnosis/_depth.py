@@ -40,6 +40,7 @@ from gradvet.diagnosis._context import (
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
 from gradvet.diagnosis._prescribe import remedy
+from gradvet.diagnosis._trunk import branched, trunk_rule
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 from gradvet.report import layer_reports
@@ -120,6 +121,8 @@ def _vanishing_remedies(run: Run, depth: int) -> list[Remedy]:
 
 @register_rule("depth")
 def depth_rule(run: Run) -> list[Finding]:
+    if branched(run):
+        return trunk_rule(run)  # a graph, not a chain: read along its trunk
     d = depth_profile(run)
     if d is None:
         return []
