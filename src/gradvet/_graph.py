@@ -37,12 +37,15 @@ class FlowGraph:
         edges: successor lists, toward the inputs.
         roots: nodes the gradient starts from (the loss).
         index: ``id(node) -> index`` for the autograd nodes read.
+        param_join: per node, whether it adds or concatenates a parameter or a constant
+            itself (``x + pos_embed``; leaves and constants are not nodes of the graph).
     """
 
     names: list[str]
     edges: list[list[int]]
     roots: list[int]
     index: dict[int, int] = field(default_factory=dict)
+    param_join: list[bool] = field(default_factory=list)
 
 
 def read_graph(roots: Iterable[Any]) -> FlowGraph:
@@ -53,6 +56,7 @@ def read_graph(roots: Iterable[Any]) -> FlowGraph:
     """
     names: list[str] = []
     edges: list[list[int]] = []
+    param_join: list[bool] = []
     index: dict[int, int] = {}
     keep: list[Any] = []  # the nodes stay alive while their ids index the graph
 
@@ -62,6 +66,7 @@ def read_graph(roots: Iterable[Any]) -> FlowGraph:
             k = index[id(node)] = len(names)
             names.append(type(node).__name__)
             edges.append([])
+            param_join.append(False)
             keep.append(node)
             stack.append(node)
         return k
@@ -73,11 +78,16 @@ def read_graph(roots: Iterable[Any]) -> FlowGraph:
         k = index[id(node)]
         for nxt, _ in getattr(node, "next_functions", ()):
             if nxt is None or type(nxt).__name__ == "AccumulateGrad":
+                # a parameter or a constant (no gradient) joins here: x + pos_embed, cat(cls, x)
+                param_join[k] = param_join[k] or names[k].startswith(_JOINS)
                 continue
             j = add(nxt)
             if j not in edges[k]:
                 edges[k].append(j)
-    return FlowGraph(names, edges, list(dict.fromkeys(root_ids)), index)
+    return FlowGraph(names, edges, list(dict.fromkeys(root_ids)), index, param_join)
+
+
+_JOINS = ("Add", "Sub", "Cat", "Stack")
 
 
 def dominators(g: FlowGraph) -> list[int]:
@@ -146,3 +156,70 @@ def trunk(g: FlowGraph, idom: list[int], start: int) -> list[int]:
     while idom[chain[-1]] >= 0:
         chain.append(idom[chain[-1]])
     return chain[::-1]
+
+
+def reaching(g: FlowGraph, target: int) -> set[int]:
+    """The nodes whose gradient flows on to ``target`` (``target`` included)."""
+    preds: list[list[int]] = [[] for _ in g.names]
+    for v, ws in enumerate(g.edges):
+        for w in ws:
+            preds[w].append(v)
+    seen, stack = {target}, [target]
+    while stack:
+        for p in preds[stack.pop()]:
+            if p not in seen:
+                seen.add(p)
+                stack.append(p)
+    return seen
+
+
+def merges(g: FlowGraph, chain: list[int], start: int, sources: frozenset[int] = frozenset()) -> list[bool]:
+    """Per trunk node ``chain[k]``: whether something that does not come from ``start`` (the first
+    layer's output) joins the stream at it or between it and ``chain[k + 1]``: a learned constant
+    (position embedding, class token) or another stream (a decoder's own tokens meeting the
+    encoder's output in cross-attention).
+
+    The gradient that crosses such a join to the input side is set by how strongly the stream
+    uses what comes from ``start`` there, which at init is a design choice (a sinusoidal position
+    table larger than the features, a class-attention branch behind a layer scale of 1e-5, a
+    decoder that barely attends yet), not a loss along a path: the trunk is read as separate
+    streams on either side. ``sources``: nodes that are layer outputs (an embedding lookup is fed by
+    its weight only, like a tied head's ``weight.t()``, but it is a stream).
+    """
+    below = reaching(g, start)
+    param_only = [p and v not in sources for v, p in enumerate(_param_only(g))]
+    out = []
+    for k, b in enumerate(chain):
+        joins = g.names[b].startswith(_JOINS)
+        flag = g.param_join[b] or any(w not in below and (not param_only[w] or joins) for w in g.edges[b])
+        a = chain[k + 1] if k + 1 < len(chain) else None
+        seen, stack = {b}, [b]
+        while stack and not flag and a is not None:  # the region between b and a: another stream?
+            for w in g.edges[stack.pop()]:
+                if w == a or w in seen:
+                    continue
+                if w not in below and not param_only[w]:
+                    flag = True
+                    break
+                seen.add(w)
+                stack.append(w)
+        out.append(flag)
+    return out
+
+
+def _param_only(g: FlowGraph) -> list[bool]:
+    """Per node, whether only parameters flow into it (a transposed or expanded weight, a class token):
+    a tied head's ``weight.t()`` is part of a layer, not another stream, unless it joins the stream."""
+    memo: dict[int, bool] = {}
+    for v0 in range(len(g.names)):
+        stack = [(v0, False)]
+        while stack:
+            v, done = stack.pop()
+            if v in memo:
+                continue
+            if done:
+                memo[v] = all(memo[w] for w in g.edges[v])
+                continue
+            stack.append((v, True))
+            stack.extend((w, False) for w in g.edges[v] if w not in memo)
+    return [memo[v] for v in range(len(g.names))]

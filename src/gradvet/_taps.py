@@ -124,6 +124,7 @@ class LayerTaps:
         self.structure_pending = True
         self._nodes: dict[int, tuple[Any, Any, bool]] = {}
         self._out_node: Any = None
+        self._sources: list[Any] = []
         self._trunk_owner: set[int] = set()
         # ||dL/dx * x||^2 of layer inputs (the loss's sensitivity to a relative change of
         # the input, blind to the input's scale), and the inputs held until backward
@@ -236,8 +237,11 @@ class LayerTaps:
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 y.register_hook(partial(self._on_grad, i))
-            if call == 0 and info.role == "param":
-                self._tap_input(i, args, y, output)
+            if info.role == "param":
+                if call == 0:
+                    self._tap_input(i, args, y, output)
+                if self.structure_pending and y.grad_fn is not None:
+                    self._sources.append(y.grad_fn)
         except Exception as e:  # never let measuring break training
             self._fail(e)
 
@@ -276,11 +280,13 @@ class LayerTaps:
     def read_structure(self, root: Any = None) -> None:
         """Read the backward graph from ``root`` (the loss's ``grad_fn``; default the model output's) and
         set each parameter layer's ``graph`` facts: ``trunk`` (its input's position on the trunk, 0 =
-        nearest the loss) for the layers measured from now on, ``branch`` for layers off the trunk."""
-        from gradvet._graph import dominators, read_graph, trunk
+        nearest the loss) and ``stream`` (which stretch between joins of foreign inputs, 0 = nearest the
+        loss) for the layers measured from now on, ``branch`` for layers off the trunk."""
+        from gradvet._graph import dominators, merges, read_graph, trunk
 
         self.structure_pending = False
         nodes, self._nodes = self._nodes, {}
+        sources, self._sources = self._sources, []
         root = root if root is not None else self._out_node
         self._out_node = None
         if root is None or not nodes:
@@ -295,11 +301,15 @@ class LayerTaps:
             first = min(outs, key=lambda i: self.infos[i].order)
             chain = trunk(g, idom, outs[first])
             pos = {k: p for p, k in enumerate(chain)}
+            src = frozenset(k for k in (g.index.get(id(n)) for n in sources) if k is not None)
+            joins = [p for p, m in enumerate(merges(g, chain, outs[first], src)) if m]
             for i, (xn, _, owns) in nodes.items():
                 facts = self.infos[i].graph
                 xk = None if xn is None else g.index.get(id(xn))
                 if owns and xk in pos:
                     facts["trunk"] = pos[xk]
+                    # streams are numbered from the loss: a join belongs to the stream it feeds
+                    facts["stream"] = sum(1 for p in joins if p < pos[xk])
                     self._trunk_owner.add(i)
                 if i in outs and outs[i] not in pos:
                     facts["branch"] = True

@@ -40,7 +40,7 @@ from gradvet.diagnosis._context import (
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.diagnosis._trunk import branched, trunk_rule
+from gradvet.diagnosis._trunk import branched, normalised, trunk_rule
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 from gradvet.report import layer_reports
@@ -210,5 +210,9 @@ def _exploding(run: Run, d: Depth, rel: np.ndarray, hi: float, big: float) -> Fi
     ]
     data = _data(d, rel)
     data.update(per_layer_factor=factor, max_grad_to_weight=big)
+    if normalised(run):  # see gradvet.diagnosis._trunk: the scale before a norm is free
+        evidence += ("; the network is normalised, which makes the loss invariant to the scale of the weights "
+                     "before each norm: such growth at init is common and self-correcting")
+        return Finding("exploding_gradients", "info", grown or d.names[:1], evidence, causes, rems, data)
     return Finding("exploding_gradients", "error" if hi >= EXPLODE_ERROR else "warning",
                    grown or d.names[:1], evidence, causes, rems, data)

@@ -5,6 +5,9 @@
   non-finite), the signature of a learning rate too large for the curvature.
   A growing gradient norm with a falling loss is ordinary early training and is
   not reported.
+  A loss that rises >= 100x above its early level (or turns non-finite) is
+  reported whatever the gradient norm does: in a normalised net the weights
+  grow and their gradients shrink while the updates overshoot.
 - **stalled layers**: a layer whose relative update ||dW||/||W|| stays below
   1/1000 of the median layer's (median over measured updates). Relative to the
   other layers, so a converged net whose updates are all tiny is not flagged;
@@ -24,6 +27,7 @@ from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
 GROWTH, STALL = 1.0, -3.0  # log10 thresholds
+LOSS_DIVERGED = 100.0  # the loss this many times its starting level: diverged
 
 
 def _layer_growth(run: Run, k: int, peak: int) -> list[str]:
@@ -64,13 +68,20 @@ def exploding_training_rule(run: Run) -> list[Finding]:
         late = loss[max(k, len(loss) - max(3, len(loss) // 5)):]
         late_l = np.nanmax(late[np.isfinite(late)]) if np.isfinite(late).any() else np.inf
     rising = went_nonfinite or (np.isfinite(early_l) and late_l > 1.5 * early_l)
-    if growth < GROWTH or not rising:
+    # A loss that rises by orders of magnitude diverges whatever the gradient norm does: in a normalised
+    # net the weights grow and their gradients shrink (scale invariance) while the updates overshoot.
+    diverged = went_nonfinite or bool(np.isfinite(early_l) and early_l > 0 and late_l >= LOSS_DIVERGED * early_l)
+    if not ((growth >= GROWTH and rising) or diverged):
         return []
     lrs = sorted({float(p["lr"]) for p in run.params if p.get("lr") is not None})
     lr_txt = f" (learning rate {', '.join(f'{x:g}' for x in lrs)})" if lrs else ""
     end = "non-finite" if went_nonfinite else f"{late_l:.3g}"
-    evidence = (f"the global gradient norm rose {10 ** growth:.3g}x above its starting level by step "
-                f"{int(run.steps[peak])} while the loss went from {early_l:.3g} to {end}")
+    if growth >= GROWTH:
+        evidence = (f"the global gradient norm rose {10 ** growth:.3g}x above its starting level by step "
+                    f"{int(run.steps[peak])} while the loss went from {early_l:.3g} to {end}")
+    else:
+        evidence = (f"the loss diverged: from {early_l:.3g} to {end} (the global gradient norm peaked at "
+                    f"{10 ** growth:.3g}x its starting level at step {int(run.steps[peak])})")
     causes = [Cause("learning_rate", f"steps too large for the loss curvature{lr_txt}: each update overshoots "
                     "and the next gradient is larger", 0.9),
               Cause("no_clipping", "nothing bounds the update when a gradient spikes", 0.5)]
@@ -79,7 +90,7 @@ def exploding_training_rule(run: Run) -> list[Finding]:
         rems.insert(2, remedy("norm:batch", 0.5, "Ioffe & Szegedy (2015) train with far higher learning rates "
                                                  "once each layer's input is normalised"))
     layers = _layer_growth(run, k, peak) or [x["name"] for x in run.ordered_layers() if x.get("params")][:1]
-    return [Finding("exploding_gradients", "error" if went_nonfinite or growth >= 2 else "warning", layers,
+    return [Finding("exploding_gradients", "error" if diverged or growth >= 2 else "warning", layers,
                     evidence, causes, rems, {"log10_growth": growth, "went_nonfinite": went_nonfinite})]
 
 

@@ -47,6 +47,8 @@ from gradvet.record._run import Run
 
 VANISH_WARN, VANISH_ERROR = -2.0, -4.0
 EXPLODE_WARN, EXPLODE_ERROR = 1.5, 3.0
+#: a vector parameter starting this small is a layer scale (a gate that is meant to grow)
+GATE_RMS = 1e-3
 #: a network is "normalised" when it has at least this many normalisation layers per weight layer
 NORMALISED_SHARE = 0.25
 
@@ -74,12 +76,27 @@ def normalised(run: Run) -> bool:
 
 @dataclass
 class Trunk:
-    """The measured trunk points, input side first: the layer each belongs to and its signals."""
+    """The measured trunk points, input side first: the layer whose input each is, and its signals
+    relative to the loss-side end of its stream (NaN for a stream of one point)."""
 
     names: list[str]
     first: str  # the first parameter layer: its output starts the trunk
-    rel: np.ndarray  # log10 of s over the reference (nearest the loss); last entry is 0
-    raw: Optional[np.ndarray]  # the same for ||dL/dx|| (None where not recorded)
+    stream: list[int]
+    rel: np.ndarray  # log10 of ||dL/dx * x|| over the stream's loss-side end (0 there)
+    raw: Optional[np.ndarray]  # the same for ||dL/dx||
+    ref: list[str]  # the loss-side end of each point's stream
+
+
+def _relative(vals: np.ndarray, stream: list[int]) -> tuple[np.ndarray, list[int]]:
+    rel, ref = np.full(len(vals), np.nan), [0] * len(vals)
+    for sid in set(stream):
+        idx = [j for j, x in enumerate(stream) if x == sid]
+        end = idx[-1]  # input side first: the last point of the stream is nearest the loss
+        if len(idx) >= 2 and vals[end] > 0:
+            rel[idx] = _log10(vals[idx]) - np.log10(vals[end])
+        for j in idx:
+            ref[j] = end
+    return rel, ref
 
 
 def trunk_profile(run: Run) -> Optional[Trunk]:
@@ -91,21 +108,45 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
         key=lambda t: -t[0],
     )
     gr = run.get("graph/in_grad")
-    cols, raws, names = [], [], []
+    cols, raws, names, stream = [], [], [], []
     for _, layer in points:
         col = s.values[:, layer["index"]].astype(np.float64)
         if np.isfinite(col).any() and layer["name"] not in names:
             cols.append(nanmedian(col))
             raws.append(nanmedian(gr.values[:, layer["index"]].astype(np.float64)) if gr is not None else np.nan)
             names.append(layer["name"])
-    if len(cols) < 2 or not cols[-1] > 0:
+            stream.append(int(layer["graph"].get("stream", 0)))
+    if len(cols) < 2:
         return None
-    vals, rvals = np.asarray(cols), np.asarray(raws)
-    rel = _log10(vals) - np.log10(vals[-1])
-    raw = _log10(rvals) - np.log10(rvals[-1]) if rvals[-1] > 0 else None
+    rel, ref = _relative(np.asarray(cols), stream)
+    raw, _ = _relative(np.asarray(raws), stream)
+    if not np.isfinite(rel).any():
+        return None
     weights = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
     first = weights[0]["name"] if weights else names[0]
-    return Trunk(names, first, rel, raw)
+    return Trunk(names, first, stream, rel, raw if np.isfinite(raw).any() else None, [names[j] for j in ref])
+
+
+def smallest_gate(run: Run) -> Optional[tuple[str, float]]:
+    """The smallest layer scale: a vector parameter (not a bias) whose entries start with rms <= 1e-3.
+
+    Layer scale (Touvron et al., 2021, CaiT; DeiT III) multiplies a branch by a learned per-channel
+    gain starting at 1e-5..1e-6, so the gradient that must pass through that branch starts as small,
+    by design; the gain's own gradient is not small and it grows within the first updates.
+    """
+    s = run.get("param/param_norm")
+    if s is None or not len(s.steps):
+        return None
+    first = s.values[0].astype(np.float64)
+    best: Optional[tuple[str, float]] = None
+    for i, p in enumerate(run.params):
+        shape, name = p.get("shape") or [], str(p.get("name", ""))
+        if len(shape) != 1 or shape[0] < 8 or name.endswith("bias") or not np.isfinite(first[i]):
+            continue
+        rms = first[i] / np.sqrt(shape[0])
+        if 0 < rms <= GATE_RMS and (best is None or rms < best[1]):
+            best = (name, float(rms))
+    return best
 
 
 def trunk_rule(run: Run) -> list[Finding]:
@@ -116,7 +157,7 @@ def trunk_rule(run: Run) -> list[Finding]:
     grow = t.rel
     if t.raw is not None and not any(is_norm(x) for x in run.layers):
         grow = np.fmax(t.rel, t.raw)
-    lo, hi = float(np.nanmin(t.rel[:-1])), float(np.nanmax(grow[:-1]))
+    lo, hi = float(np.nanmin(t.rel)), float(np.nanmax(grow))
     if lo <= VANISH_WARN:
         findings.append(_vanishing(run, t, lo))
     if hi >= EXPLODE_WARN:
@@ -125,6 +166,7 @@ def trunk_rule(run: Run) -> list[Finding]:
 
 
 def _named(t: Trunk, hit: list[bool]) -> list[str]:
+    """The layers whose inputs are hit, input side first, after the first layer when the first point is hit."""
     names = [n for n, h in zip(t.names, hit) if h]
     if hit and hit[0] and t.first not in names:
         names.insert(0, t.first)  # the first layer's weight gradient is its output's signal times its input
@@ -132,18 +174,18 @@ def _named(t: Trunk, hit: list[bool]) -> list[str]:
 
 
 def _data(t: Trunk) -> dict[str, Any]:
-    return {"trunk": t.names, "log10_sensitivity_vs_head": [None if not np.isfinite(r) else round(float(r), 3)
-                                                            for r in t.rel]}
+    return {"trunk": t.names, "stream": t.stream, "log10_sensitivity_vs_stream_end": [
+        None if not np.isfinite(r) else round(float(r), 3) for r in t.rel]}
 
 
 def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
-    hit = [bool(np.isfinite(r) and r <= VANISH_WARN) for r in t.rel[:-1]]
+    hit = [bool(np.isfinite(r) and r <= VANISH_WARN) for r in t.rel]
     acts = activations(run)
-    worst = t.names[int(np.nanargmin(t.rel[:-1]))]
+    j = int(np.nanargmin(t.rel))
     evidence = (
         f"along the trunk (the activations every gradient passes through), the loss's sensitivity "
-        f"||dL/dx * x|| at the input of {worst!r} is {10 ** lo:.1e} of that at the head's input "
-        f"{t.names[-1]!r}; {sum(hit)} of {len(t.names) - 1} trunk points get less than 1% of it"
+        f"||dL/dx * x|| at the input of {t.names[j]!r} is {10 ** lo:.1e} of that at the input of "
+        f"{t.ref[j]!r}, nearer the loss; {sum(hit)} of {len(t.names)} trunk points get less than 1% of it"
     )
     causes: list[Cause] = []
     sat = [a for a in acts if a in SATURATING]
@@ -160,18 +202,24 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
     rems += [remedy("norm:layer" if "gelu" in acts else "norm:batch", 0.7), remedy("residual", 0.6),
              remedy("init:kaiming" if any(a in RELU_FAMILY for a in acts) else "init:xavier", 0.5),
              remedy("optim:adam", 0.3)]
-    return Finding("vanishing_gradients", "error" if lo <= VANISH_ERROR else "warning", _named(t, hit + [False]),
+    severity = "error" if lo <= VANISH_ERROR else "warning"
+    gate = smallest_gate(run)
+    if gate is not None and lo >= np.log10(gate[1]) - 1:
+        severity = "info"
+        evidence += (f"; the drop is no larger than the layer scale {gate[0]!r} (rms {gate[1]:.1e}) that gates a "
+                     "branch on the way, which starts small by design and grows as it learns (Touvron et al., 2021)")
+    return Finding("vanishing_gradients", severity, _named(t, hit),
                    evidence, causes, rems, _data(t))
 
 
 def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:
-    hit = [bool(np.isfinite(r) and r >= 1.0) for r in grow[:-1]]
+    hit = [bool(np.isfinite(r) and r >= 1.0) for r in grow]
     norm = normalised(run)
-    worst = t.names[int(np.nanargmax(grow[:-1]))]
+    j = int(np.nanargmax(grow))
     what = "sensitivity ||dL/dx * x||" if grow is t.rel else "gradient ||dL/dx|| (or sensitivity ||dL/dx * x||)"
     evidence = (
-        f"along the trunk, the loss's {what} at the input of {worst!r} is {10 ** hi:.1e}x "
-        f"that at the head's input {t.names[-1]!r}"
+        f"along the trunk, the loss's {what} at the input of {t.names[j]!r} is {10 ** hi:.1e}x "
+        f"that at the input of {t.ref[j]!r}, nearer the loss"
     )
     if norm:
         evidence += ("; the network is normalised, which makes the loss invariant to the scale of the weights "
@@ -182,5 +230,5 @@ def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:
                                "residual stream and its gradient", 0.8))
     rems = [remedy("clip:norm", 0.8), remedy("norm:layer", 0.6), remedy("lr:lower", 0.5)]
     severity = "info" if norm else ("error" if hi >= EXPLODE_ERROR else "warning")
-    return Finding("exploding_gradients", severity, _named(t, hit + [False]) or [t.first], evidence, causes, rems,
+    return Finding("exploding_gradients", severity, _named(t, hit) or [t.first], evidence, causes, rems,
                    _data(t))

@@ -3,7 +3,8 @@
 - **dead** (ReLU, ReLU6): a unit whose output is zero for every sample of the
   batch passes no gradient to its weights (Lu et al., 2019, "Dying ReLU and
   initialization"). Warning when >= 50% of a layer's units are dead, error at
-  >= 90%. A healthy He-initialised ReLU layer has almost none at init (a unit is
+  >= 90%; judged only where each unit showed >= 16 values in the batch (a
+  squeeze-excitation unit sees one per sample). A healthy He-initialised ReLU layer has almost none at init (a unit is
   off on a random input with probability ~1/2, on all B inputs with ~2^-B).
 - **saturated** (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an output where
   the activation's derivative is below 10% of its maximum. Warning when >= 50%
@@ -27,6 +28,10 @@ from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
 WARN, ERROR = 0.5, 0.9
+#: a unit is called dead only when its verdict rests on this many values per measured batch: a healthy
+#: ReLU unit is off on n random inputs with probability ~2^-n, which is 1/4 for the one value per sample
+#: that a squeeze-excitation unit (a 1x1 map) sees in a batch of 2
+MIN_PER_UNIT = 16
 
 
 def _recent(run: Run, stat: str) -> dict[str, float]:
@@ -47,6 +52,7 @@ def _flagged(run: Run, stat: str, kinds: set[str]) -> list[tuple[dict, float]]:
     return [
         (layer, vals[layer["name"]]) for layer in run.ordered_layers()
         if layer.get("activation") in kinds and vals.get(layer["name"], 0.0) >= WARN
+        and (stat != "dead_frac" or (layer.get("graph") or {}).get("per_unit", MIN_PER_UNIT) >= MIN_PER_UNIT)
     ]
 
 
