@@ -36,7 +36,8 @@ def _monitor(wl: Workload, tmp: Path, record: bool, profile: str) -> Any:
     import gradvet
 
     path = tmp / f"{profile}.gradvet" if record else None
-    return gradvet.Monitor(wl.model, optimizer=wl.optimizer, record=path, profile=profile)
+    # variants and rounds share the bench's temp folder: each run replaces the last one's record
+    return gradvet.Monitor(wl.model, optimizer=wl.optimizer, record=path, profile=profile, overwrite=True)
 
 
 @contextlib.contextmanager

@@ -433,6 +433,8 @@ class LayerTaps:
         out = torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
         sens, self._sens = self._sens, None
         fired, self._fired, self._held = self._fired, set(), {}
+        if not self.structure_pending:
+            fired &= self._trunk_owner  # the structure step measured every input to find the trunk
         if sens is not None and fired:
             idx = torch.tensor(sorted(fired), dtype=torch.long, device=dev)
             vals = sens.to(dev).sqrt().float()
