@@ -24,8 +24,9 @@ graphs as well as on autograd's.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 
 @dataclass

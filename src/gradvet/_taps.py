@@ -294,8 +294,8 @@ class LayerTaps:
         try:
             g = read_graph([root])
             idom = dominators(g)
-            outs = {i: g.index.get(id(n)) for i, (_, n, _) in nodes.items() if n is not None}
-            outs = {i: k for i, k in outs.items() if k is not None and idom[k] != -2}
+            found = {i: g.index.get(id(n)) for i, (_, n, _) in nodes.items() if n is not None}
+            outs = {i: k for i, k in found.items() if k is not None and idom[k] != -2}
             if not outs:
                 return
             first = min(outs, key=lambda i: self.infos[i].order)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradvet
-from gradvet._graph import FlowGraph, dominators, merges, read_graph, reaching, trunk
+from gradvet._graph import FlowGraph, dominators, merges, reaching, read_graph, trunk
 
 
 def _graph(edges: list[list[int]], names: list[str] | None = None, roots=(0,), param_join=None) -> FlowGraph:
