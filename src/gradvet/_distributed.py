@@ -43,7 +43,7 @@ from gradvet.stats._params import param_stats
 log = logging.getLogger(__name__)
 
 #: Columns of the per-layer gather: the 8 tap accumulators, alive-mask length, time length.
-_LAYER_COLS = 10
+_LAYER_COLS = 12  # 8 accumulators, 2 lengths, 2 trunk signals (||dL/dx * x||^2, ||dL/dx||^2)
 
 
 def _dtensor_cls() -> Optional[type]:
@@ -286,9 +286,15 @@ class Distributed:
         return sq[:, 0].sqrt().float(), sq[:, 1].sqrt().float()
 
     def reduce_layers(
-        self, acc: list[Optional[Tensor]], alive: list[Optional[Tensor]], times: dict[int, Tensor], device: torch.device
-    ) -> tuple[list[Tensor], list[Optional[Tensor]], dict[int, Tensor]]:
-        """All-rank layer accumulators, alive masks (OR) and per-time-step squared sums."""
+        self,
+        acc: list[Optional[Tensor]],
+        alive: list[Optional[Tensor]],
+        times: dict[int, Tensor],
+        device: torch.device,
+        sens: Optional[Tensor] = None,
+    ) -> tuple[list[Tensor], list[Optional[Tensor]], dict[int, Tensor], Tensor]:
+        """All-rank layer accumulators, alive masks (OR), per-time-step squared sums and trunk signals
+        (``[L, 2]`` squared sums, ``gradvet._taps.LayerTaps.collect_sens``)."""
         n = len(acc)
         rows = torch.zeros(n, _LAYER_COLS, dtype=torch.float64, device=device)
         for i in range(n):
@@ -297,7 +303,11 @@ class Distributed:
                 rows[i, :8] = a.to(device, torch.float64)
             rows[i, 8] = m.numel() if m is not None else -1
             rows[i, 9] = t.numel() if t is not None else -1
-        total, alive_len, time_len = combine_layer_gather(self._gather(rows), self.grad_divisor)
+        if sens is not None:
+            rows[:, 10:12] = sens.to(device, torch.float64)
+        gathered = self._gather(rows)
+        total, alive_len, time_len = combine_layer_gather(gathered[..., :10], self.grad_divisor)
+        sens_total = gathered[..., 10:12].sum(0) / self.grad_divisor**2
         # note: host sync, on layer steps only: the sizes of the second buffer must be known.
         alive_len, time_len = alive_len.cpu(), time_len.cpu()
         out_alive: list[Optional[Tensor]] = [None] * n
@@ -315,13 +325,14 @@ class Distributed:
             for i, v in enumerate(unpack_vectors(flat[k:], time_len)):
                 if v is not None:
                     out_time[i] = v / self.grad_divisor**2
-        return list(total.unbind(0)), out_alive, out_time
+        return list(total.unbind(0)), out_alive, out_time, sens_total
 
     def reduce_taps(self, taps: Any) -> None:
         """Replace a :class:`gradvet._taps.LayerTaps`' accumulators by their all-rank totals."""
         dev = taps.device or self._weights.device
-        acc, alive, times = self.reduce_layers(taps._acc, taps._alive, taps._time, dev)
+        acc, alive, times, sens = self.reduce_layers(taps._acc, taps._alive, taps._time, dev, taps._sens)
         taps._acc, taps._alive, taps._time = acc, alive, times
+        taps._sens = sens if taps._sens is not None else None
         if taps.device is None:
             taps.device = dev
 

@@ -224,3 +224,28 @@ def _param_only(g: FlowGraph) -> list[bool]:
             stack.append((v, True))
             stack.extend((w, False) for w in g.edges[v] if w not in memo)
     return [memo[v] for v in range(len(g.names))]
+
+
+#: autograd nodes that divide by a statistic of their input: batch/layer/group/instance/RMS norm,
+#: fused or written out (``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``)
+_NORMALISING = ("NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm", "NativeLayerNorm", "NativeGroupNorm",
+                "FusedRmsNorm", "RmsNorm", "Rsqrt", "VarBackward", "StdBackward", "VarMean", "StdMean")
+
+
+def normalises(out_node: Any, in_node: Any, others: frozenset[int] = frozenset(), limit: int = 64) -> bool:
+    """Whether the computation from a layer's input node to its output node divides by a statistic of
+    the input (what a norm does to its input), read from the autograd nodes, not the layer's class.
+    ``others``: ids of other layers' output nodes, where the walk stops (a block that holds a
+    LayerNorm among its children does not normalise by itself)."""
+    seen: set[int] = set()
+    stack = [out_node]
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or node is in_node or id(node) in seen or (node is not out_node and id(node) in others):
+            continue
+        seen.add(id(node))
+        name = type(node).__name__
+        if name.startswith(_NORMALISING):
+            return True
+        stack.extend(n for n, _ in getattr(node, "next_functions", ()) if n is not None)
+    return False

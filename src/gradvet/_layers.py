@@ -42,8 +42,9 @@ class LayerInfo:
         order: execution order (input side first), -1 until the layer has run.
         graph: what the backward graph says of the layer (read on the first measured step,
             ``LayerTaps.read_structure``): ``trunk`` (its input's position on the trunk, 0
-            nearest the loss), ``branch`` (its output is off the trunk), ``per_unit`` (values
-            per unit behind its dead-unit fraction).
+            nearest the loss), ``stream``, ``branch`` (its output is off the trunk), ``norm`` (it
+            divides by a statistic of its input), ``per_unit`` (values per unit behind its
+            dead-unit fraction).
     """
 
     name: str

@@ -163,9 +163,10 @@ class LayerTaps:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
-        if self.structure_pending and self._measuring() and self._out_node is None:
-            y = first_tensor(output)
-            self._out_node = None if y is None else y.grad_fn
+        if self.structure_pending and self._measuring():
+            with torch._C.DisableTorchFunction():  # not the user's code: their modes must not see it
+                y = first_tensor(output)  # the last forward's: its nodes are the ones kept (micro-batches)
+                self._out_node = None if y is None else y.grad_fn
         self._producer.clear()
         self.in_activation_module = 0
 
@@ -281,8 +282,9 @@ class LayerTaps:
         """Read the backward graph from ``root`` (the loss's ``grad_fn``; default the model output's) and
         set each parameter layer's ``graph`` facts: ``trunk`` (its input's position on the trunk, 0 =
         nearest the loss) and ``stream`` (which stretch between joins of foreign inputs, 0 = nearest the
-        loss) for the layers measured from now on, ``branch`` for layers off the trunk."""
-        from gradvet._graph import dominators, merges, read_graph, trunk
+        loss) for the layers measured from now on, ``branch`` for layers off the trunk, ``norm`` for layers
+        that divide by a statistic of their input."""
+        from gradvet._graph import dominators, merges, normalises, read_graph, trunk
 
         self.structure_pending = False
         nodes, self._nodes = self._nodes, {}
@@ -303,8 +305,11 @@ class LayerTaps:
             pos = {k: p for p, k in enumerate(chain)}
             src = frozenset(k for k in (g.index.get(id(n)) for n in sources) if k is not None)
             joins = [p for p, m in enumerate(merges(g, chain, outs[first], src)) if m]
-            for i, (xn, _, owns) in nodes.items():
+            out_ids = frozenset(id(n) for n in sources)
+            for i, (xn, yn, owns) in nodes.items():
                 facts = self.infos[i].graph
+                if yn is not None and normalises(yn, xn, out_ids):
+                    facts["norm"] = True
                 xk = None if xn is None else g.index.get(id(xn))
                 if owns and xk in pos:
                     facts["trunk"] = pos[xk]

@@ -180,3 +180,40 @@ def test_dead_units_record_values_per_unit() -> None:
     facts = {layer["name"]: layer.get("graph") or {} for layer in mon.load().layers}
     assert facts["act"]["per_unit"] == 4 * 5 * 5  # a conv channel: every position of every sample
     assert facts["gate"]["per_unit"] == 4  # a squeeze-excitation unit: one value per sample
+
+
+class _RMS(nn.Module):
+    """An RMSNorm written out, as model libraries do (no torch norm class)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+class _Block(nn.Module):
+    """A residual block that owns a parameter itself and holds a norm among its children."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = _RMS(d)
+        self.fc = nn.Linear(d, d)
+        self.scale = nn.Parameter(torch.full((d,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.fc(self.norm(x))
+
+
+def test_norms_are_recognised_by_what_they_do_not_by_their_class() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), _Block(16), nn.LayerNorm(16), _Block(16), nn.BatchNorm1d(16),
+                          nn.Linear(16, 4))
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    with gradvet.Monitor(model, profile="full") as mon:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss)
+    norm = {layer["name"] for layer in mon.load().layers if (layer.get("graph") or {}).get("norm")}
+    assert norm == {"1.norm", "2", "3.norm", "4"}

@@ -56,6 +56,7 @@ def expected(path: Path) -> dict[str, dict[int, float]]:
         if s.values.ndim == 1:
             cols = {"": s.values}
         else:
+            # param/ columns are parameters; layer/ and graph/ columns are layers
             names = run.param_names() if metric.startswith("param/") else [la["name"] or "(root)" for la in run.layers]
             cols = {f"/{n}": s.values[:, j] for j, n in enumerate(names)}
         for suffix, col in cols.items():

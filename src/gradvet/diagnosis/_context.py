@@ -28,8 +28,16 @@ def activations(run: Run) -> list[str]:
     return seen
 
 
+def is_norm(layer: dict[str, Any]) -> bool:
+    """Whether the layer normalises its input, as its autograd nodes showed (``gradvet._graph.normalises``):
+    any library's BatchNorm/LayerNorm/GroupNorm/RMSNorm, whatever its class is called. Layers without
+    graph facts (older records) fall back to torch's own norm classes."""
+    facts = layer.get("graph") or {}
+    return bool(facts.get("norm")) or layer["type"] in NORM_TYPES
+
+
 def norm_layers(run: Run) -> list[str]:
-    return [layer["name"] for layer in run.layers if layer["type"] in NORM_TYPES]
+    return [layer["name"] for layer in run.layers if is_norm(layer)]
 
 
 def producer(run: Run, name: str) -> Optional[dict[str, Any]]:

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gradvet.diagnosis._context import RELU_FAMILY, SATURATING, activations
+from gradvet.diagnosis._context import RELU_FAMILY, SATURATING, activations, is_norm
 from gradvet.diagnosis._measures import _log10, nanmedian
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
@@ -51,11 +51,6 @@ EXPLODE_WARN, EXPLODE_ERROR = 1.5, 3.0
 GATE_RMS = 1e-3
 #: a network is "normalised" when it has at least this many normalisation layers per weight layer
 NORMALISED_SHARE = 0.25
-
-
-def is_norm(layer: dict[str, Any]) -> bool:
-    """BatchNorm/LayerNorm/GroupNorm/RMSNorm and the libraries' variants (timm's BatchNormAct2d, LlamaRMSNorm)."""
-    return "Norm" in layer["type"]
 
 
 def branched(run: Run) -> bool:

@@ -38,7 +38,7 @@ def as_run(run_or_path: RunLike) -> Run:
 def _column_names(run: Run, metric: str, width: int) -> list[str]:
     if metric.startswith("param/"):
         names = run.param_names()
-    elif metric.startswith("layer/"):
+    elif metric.startswith(("layer/", "graph/")):
         names = [layer["name"] or "(root)" for layer in run.layers]
     else:
         names = []

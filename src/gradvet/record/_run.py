@@ -6,6 +6,8 @@ Metric names:
 - ``param/<stat>`` - ``[steps, P]`` for the statistics in ``gradvet.stats.PARAM_STATS``
   and ``param/update_ratio`` (on update steps only);
 - ``layer/<stat>`` - ``[layer steps, L]`` for ``gradvet.stats.LAYER_STATS``;
+- ``graph/in_sens``, ``graph/in_grad`` - ``[layer steps, L]``: ||dL/dx * x|| and ||dL/dx|| of
+  the input of each layer whose input is on the trunk (NaN for the others; ``gradvet._graph``);
 - ``time/<layer name>`` - ``[layer steps, T]``: ||dL/d x_t|| for each time step t of a
   recurrent layer's input.
 
