@@ -249,3 +249,26 @@ def normalises(out_node: Any, in_node: Any, others: frozenset[int] = frozenset()
             return True
         stack.extend(n for n, _ in getattr(node, "next_functions", ()) if n is not None)
     return False
+
+
+#: autograd nodes of attention: a softmax, or a fused scaled-dot-product attention
+_ATTENTION = ("Softmax", "_Softmax", "ScaledDotProduct", "_ScaledDotProduct", "_EfficientAttention",
+              "_FlashAttention")
+
+
+def attention_inputs(g: FlowGraph, outputs: frozenset[int], limit: int = 256) -> set[int]:
+    """Layer output nodes (of ``outputs``) that an attention node reads, walking toward the inputs from
+    each softmax or fused attention node and stopping at the first layer output on each path."""
+    found: set[int] = set()
+    for a in (k for k, n in enumerate(g.names) if n.startswith(_ATTENTION)):
+        seen, stack = {a}, [a]
+        while stack and len(seen) < limit:
+            for w in g.edges[stack.pop()]:
+                if w in seen:
+                    continue
+                seen.add(w)
+                if w in outputs:
+                    found.add(w)
+                else:
+                    stack.append(w)
+    return found

@@ -124,7 +124,7 @@ class LayerTaps:
         self.structure_pending = True
         self._nodes: dict[int, tuple[Any, Any, bool]] = {}
         self._out_node: Any = None
-        self._sources: list[Any] = []
+        self._sources: list[tuple[int, Any]] = []
         self._trunk_owner: set[int] = set()
         # ||dL/dx * x||^2 of layer inputs (the loss's sensitivity to a relative change of
         # the input, blind to the input's scale), and the inputs held until backward
@@ -242,7 +242,7 @@ class LayerTaps:
                 if call == 0:
                     self._tap_input(i, args, y, output)
                 if self.structure_pending and y.grad_fn is not None:
-                    self._sources.append(y.grad_fn)
+                    self._sources.append((i, y.grad_fn))
         except Exception as e:  # never let measuring break training
             self._fail(e)
 
@@ -283,8 +283,16 @@ class LayerTaps:
         set each parameter layer's ``graph`` facts: ``trunk`` (its input's position on the trunk, 0 =
         nearest the loss) and ``stream`` (which stretch between joins of foreign inputs, 0 = nearest the
         loss) for the layers measured from now on, ``branch`` for layers off the trunk, ``norm`` for layers
-        that divide by a statistic of their input."""
-        from gradvet._graph import dominators, merges, normalises, read_graph, trunk
+        that divide by a statistic of their input, ``attention`` for layers whose output a softmax
+        attention reads."""
+        from gradvet._graph import (
+            attention_inputs,
+            dominators,
+            merges,
+            normalises,
+            read_graph,
+            trunk,
+        )
 
         self.structure_pending = False
         nodes, self._nodes = self._nodes, {}
@@ -303,9 +311,12 @@ class LayerTaps:
             first = min(outs, key=lambda i: self.infos[i].order)
             chain = trunk(g, idom, outs[first])
             pos = {k: p for p, k in enumerate(chain)}
-            src = frozenset(k for k in (g.index.get(id(n)) for n in sources) if k is not None)
+            layer_of = {g.index[id(n)]: i for i, n in sources if id(n) in g.index}
+            src = frozenset(layer_of)
+            for k in attention_inputs(g, src):
+                self.infos[layer_of[k]].graph["attention"] = True
             joins = [p for p, m in enumerate(merges(g, chain, outs[first], src)) if m]
-            out_ids = frozenset(id(n) for n in sources)
+            out_ids = frozenset(id(n) for _, n in sources)
             for i, (xn, yn, owns) in nodes.items():
                 facts = self.infos[i].graph
                 if yn is not None and normalises(yn, xn, out_ids):

@@ -217,3 +217,37 @@ def test_norms_are_recognised_by_what_they_do_not_by_their_class() -> None:
         mon.step(loss)
     norm = {layer["name"] for layer in mon.load().layers if (layer.get("graph") or {}).get("norm")}
     assert norm == {"1.norm", "2", "3.norm", "4"}
+
+
+def test_attention_inputs_are_the_layers_a_softmax_reads() -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class Att(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.out = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 8**0.5, dim=-1)
+            return self.out(x + w @ self.v(x))
+
+    # a fused attention module projects inside itself: the layer feeding it is what its softmax reads
+    for model, want in ((Att(), {"q", "k"}), (nn.Sequential(nn.Linear(8, 8), _Wrap(mha)), {"0"})):
+        x = torch.randn(2, 5, 8)
+        with gradvet.Monitor(model, profile="full") as mon:
+            loss = model(x).square().mean()
+            loss.backward()
+            mon.step(loss)
+        att = {layer["name"] for layer in mon.load().layers if (layer.get("graph") or {}).get("attention")}
+        assert att == want, att
+
+
+class _Wrap(nn.Module):
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(x, x, x, need_weights=False)[0]

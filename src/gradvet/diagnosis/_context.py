@@ -36,6 +36,11 @@ def is_norm(layer: dict[str, Any]) -> bool:
     return bool(facts.get("norm")) or layer["type"] in NORM_TYPES
 
 
+def has_attention(run: Run) -> bool:
+    """Whether some layer's output is read by a softmax attention (its autograd nodes showed it)."""
+    return any((layer.get("graph") or {}).get("attention") for layer in run.layers)
+
+
 def norm_layers(run: Run) -> list[str]:
     return [layer["name"] for layer in run.layers if is_norm(layer)]
 

@@ -34,6 +34,7 @@ from gradvet.diagnosis._context import (
     RELU_FAMILY,
     SATURATING,
     activations,
+    has_attention,
     median_fact,
     norm_layers,
 )
@@ -110,11 +111,15 @@ def _vanishing_remedies(run: Run, depth: int) -> list[Remedy]:
                                              "this deep train worse than shallower ones even with good init"))
     if sat:
         rems.append(remedy("activation:relu", 0.9, "sigmoid/tanh shrink the gradient at every layer"))
-    rems.append(remedy("init:kaiming" if relu or sat else "init:xavier", 0.85))
-    rems.append(remedy("norm:batch", 0.7))
+    if has_attention(run):  # a transformer: LayerNorm, and no He re-init of its attention (Xiong et al., 2020)
+        rems.append(remedy("norm:layer", 0.7))
+    else:
+        rems.append(remedy("init:kaiming" if relu or sat else "init:xavier", 0.85))
+        rems.append(remedy("norm:batch", 0.7))
     if not deep_plain:
         rems.append(remedy("residual", 0.6))
-    rems.append(remedy("init:lsuv", 0.4))
+    if not has_attention(run):
+        rems.append(remedy("init:lsuv", 0.4))
     rems.append(remedy("optim:adam", 0.3))
     return rems
 
@@ -202,7 +207,7 @@ def _exploding(run: Run, d: Depth, rel: np.ndarray, hi: float, big: float) -> Fi
     if big >= 1.0:
         evidence += f"; the largest gradient is {big:.2g}x its layer's weight norm"
     rems = [
-        remedy("init:xavier" if any(a in SATURATING for a in acts) else "init:kaiming", 0.9),
+        remedy("init:xavier" if any(a in SATURATING for a in acts) or has_attention(run) else "init:kaiming", 0.9),
         remedy("clip:norm", 0.8),
         remedy("norm:layer", 0.6),
         remedy("lr:lower", 0.5),

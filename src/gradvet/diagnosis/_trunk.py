@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gradvet.diagnosis._context import RELU_FAMILY, SATURATING, activations, is_norm
+from gradvet.diagnosis._context import RELU_FAMILY, SATURATING, activations, has_attention, is_norm
 from gradvet.diagnosis._measures import _log10, nanmedian
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
@@ -194,9 +194,12 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
     rems: list[Remedy] = []
     if sat:
         rems.append(remedy("activation:relu", 0.9, "sigmoid/tanh shrink the gradient at every layer"))
-    rems += [remedy("norm:layer" if "gelu" in acts else "norm:batch", 0.7), remedy("residual", 0.6),
-             remedy("init:kaiming" if any(a in RELU_FAMILY for a in acts) else "init:xavier", 0.5),
-             remedy("optim:adam", 0.3)]
+    if has_attention(run):  # a transformer: LayerNorm, no He re-init of its attention (Xiong et al., 2020)
+        rems += [remedy("norm:layer", 0.7), remedy("residual", 0.6), remedy("optim:adam", 0.3)]
+    else:
+        rems += [remedy("norm:batch", 0.7), remedy("residual", 0.6),
+                 remedy("init:kaiming" if any(a in RELU_FAMILY for a in acts) else "init:xavier", 0.5),
+                 remedy("optim:adam", 0.3)]
     severity = "error" if lo <= VANISH_ERROR else "warning"
     gate = smallest_gate(run)
     if gate is not None and lo >= np.log10(gate[1]) - 1:
