@@ -269,8 +269,10 @@ class LayerTaps:
             return  # changed in place since: its values are no longer the ones g belongs to
         try:
             with torch._C.DisableTorchFunction():
-                g64 = g.detach().double()
-                sens = torch.stack([(g64 * x.detach().double()).square().sum(), g64.square().sum()])
+                # one float32 temporary of the activation's size (float64 copies would be 4 of them)
+                g32 = g.detach().float()
+                norms = torch.stack([torch.linalg.vector_norm(g32 * x.detach().float()), torch.linalg.vector_norm(g32)])
+                sens = norms.double().square()
                 if self._sens is None:
                     self._sens = torch.zeros(len(self.infos), 2, dtype=torch.float64, device=sens.device)
                 self._sens[i] += sens.to(self._sens.device)

@@ -39,7 +39,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gradvet.diagnosis._context import RELU_FAMILY, SATURATING, activations, has_attention, is_norm
+from gradvet.diagnosis._context import (
+    GAIN_XAVIER,
+    RELU_FAMILY,
+    SATURATING,
+    activations,
+    has_attention,
+    is_norm,
+    median_fact,
+)
 from gradvet.diagnosis._measures import _log10, nanmedian
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
@@ -223,10 +231,17 @@ def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:
         evidence += ("; the network is normalised, which makes the loss invariant to the scale of the weights "
                      "before each norm: such growth at init is common (BatchNorm ResNets) and self-correcting")
     causes = [Cause("depth", f"{len(t.names)} trunk points multiply local gains above 1", 0.5)]
-    if not any(is_norm(x) for x in run.layers):
-        causes.insert(0, Cause("no_normalisation", "without normalisation nothing bounds the growth of the "
-                               "residual stream and its gradient", 0.8))
     rems = [remedy("clip:norm", 0.8), remedy("norm:layer", 0.6), remedy("lr:lower", 0.5)]
+    gain = median_fact(weight_layers(run), "init_gain")
+    if gain is not None and gain > 1.2 * GAIN_XAVIER:
+        causes.insert(0, Cause("init_scale", f"weights start with std = {gain:.2g}/sqrt(fan_in) (median), "
+                               f"{gain / GAIN_XAVIER:.2g}x Xavier's 1/sqrt(fan_in): every branch adds more to the "
+                               "stream than it passes on", 0.9))
+        rems.insert(0, remedy("init:xavier", 0.9))
+    if not any(is_norm(x) for x in run.layers):
+        causes.insert(1 if causes[0].id == "init_scale" else 0,
+                      Cause("no_normalisation", "without normalisation nothing bounds the growth of the "
+                            "residual stream and its gradient", 0.8))
     severity = "info" if norm else ("error" if hi >= EXPLODE_ERROR else "warning")
     return Finding("exploding_gradients", severity, _named(t, hit) or [t.first], evidence, causes, rems,
                    _data(t))
