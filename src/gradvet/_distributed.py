@@ -43,7 +43,7 @@ from gradvet.stats._params import param_stats
 log = logging.getLogger(__name__)
 
 #: Columns of the per-layer gather: the 8 tap accumulators, alive-mask length, time length.
-_LAYER_COLS = 12  # 8 accumulators, 2 lengths, 2 trunk signals (||dL/dx * x||^2, ||dL/dx||^2)
+_LAYER_COLS = 13  # 8 accumulators, 2 lengths, 3 trunk signal sums (||dL/dx * x||^2, ||dL/dx||^2, calls)
 
 
 def _dtensor_cls() -> Optional[type]:
@@ -294,7 +294,7 @@ class Distributed:
         sens: Optional[Tensor] = None,
     ) -> tuple[list[Tensor], list[Optional[Tensor]], dict[int, Tensor], Tensor]:
         """All-rank layer accumulators, alive masks (OR), per-time-step squared sums and trunk signals
-        (``[L, 2]`` squared sums, ``gradvet._taps.LayerTaps.collect_sens``)."""
+        (``[L, 3]`` sums, ``gradvet._taps.LayerTaps.collect_sens``)."""
         n = len(acc)
         rows = torch.zeros(n, _LAYER_COLS, dtype=torch.float64, device=device)
         for i in range(n):
@@ -304,10 +304,11 @@ class Distributed:
             rows[i, 8] = m.numel() if m is not None else -1
             rows[i, 9] = t.numel() if t is not None else -1
         if sens is not None:
-            rows[:, 10:12] = sens.to(device, torch.float64)
+            rows[:, 10:13] = sens.to(device, torch.float64)
         gathered = self._gather(rows)
         total, alive_len, time_len = combine_layer_gather(gathered[..., :10], self.grad_divisor)
-        sens_total = gathered[..., 10:12].sum(0) / self.grad_divisor**2
+        sens_total = gathered[..., 10:13].sum(0)
+        sens_total[:, :2] = sens_total[:, :2] / self.grad_divisor**2
         # note: host sync, on layer steps only: the sizes of the second buffer must be known.
         alive_len, time_len = alive_len.cpu(), time_len.cpu()
         out_alive: list[Optional[Tensor]] = [None] * n

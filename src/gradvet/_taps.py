@@ -126,11 +126,13 @@ class LayerTaps:
         self._out_node: Any = None
         self._sources: list[tuple[int, Any]] = []
         self._trunk_owner: set[int] = set()
-        # ||dL/dx * x||^2 of layer inputs (the loss's sensitivity to a relative change of
-        # the input, blind to the input's scale), and the inputs held until backward
+        # [L, 3]: ||dL/dx * x||^2 and ||dL/dx||^2 of layer inputs (the first is the loss's
+        # sensitivity to a relative change of the input, blind to the input's scale) and the
+        # number of hook calls; the inputs are held until their gradient arrives
         self._sens: Optional[Tensor] = None
+        self._trunk_mask: Optional[Tensor] = None
         self._held: dict[int, Tensor] = {}
-        self._fired: set[int] = set()
+        self._next_key = 0
         self._hooked: set[int] = set()
 
     # -- wiring -------------------------------------------------------------------------
@@ -259,24 +261,26 @@ class LayerTaps:
         if x is None or not owns:
             return
         self._hooked.add(id(x))
-        # held by the taps, not by the hook: x -> hook -> taps -> x would be a cycle through C++
-        self._held[i] = x
-        x.register_hook(partial(self._on_input_grad, i, x._version))
+        # held by the taps under a key of its own (micro-batches hold several inputs of one layer),
+        # not by the hook: x -> hook -> taps -> x would be a cycle through C++
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._held[key] = x
+        x.register_hook(partial(self._on_input_grad, i, key, x._version))
 
-    def _on_input_grad(self, i: int, version: int, g: Tensor) -> None:
-        x = self._held.get(i)
+    def _on_input_grad(self, i: int, key: int, version: int, g: Tensor) -> None:
+        x = self._held.pop(key, None)
         if self.failed or x is None or x._version != version:
             return  # changed in place since: its values are no longer the ones g belongs to
         try:
             with torch._C.DisableTorchFunction():
                 # one float32 temporary of the activation's size (float64 copies would be 4 of them)
                 g32 = g.detach().float()
+                one = torch.ones((), dtype=torch.float32, device=g.device)
                 norms = torch.stack([torch.linalg.vector_norm(g32 * x.detach().float()), torch.linalg.vector_norm(g32)])
-                sens = norms.double().square()
+                sens = torch.cat([norms.square(), one[None]]).double()
                 if self._sens is None:
-                    self._sens = torch.zeros(len(self.infos), 2, dtype=torch.float64, device=sens.device)
+                    self._sens = torch.zeros(len(self.infos), 3, dtype=torch.float64, device=sens.device)
                 self._sens[i] += sens.to(self._sens.device)
-                self._fired.add(i)
         except Exception as e:
             self._fail(e)
 
@@ -331,6 +335,9 @@ class LayerTaps:
                     self._trunk_owner.add(i)
                 if i in outs and outs[i] not in pos:
                     facts["branch"] = True
+            mask = torch.zeros(len(self.infos), dtype=torch.bool)
+            mask[sorted(self._trunk_owner)] = True
+            self._trunk_mask = mask.to(self.device or torch.device("cpu"))
         except Exception:  # the chain view stays: structure is an aid, never a cost
             log.exception("gradvet: could not read the model's graph")
 
@@ -446,17 +453,16 @@ class LayerTaps:
 
     def collect_sens(self, inv_scale: Optional[Tensor] = None) -> Tensor:
         """``[L, 2]``: ``||dL/dx * x||`` and ``||dL/dx||`` of the layers' inputs measured since the last
-        call (NaN for the others); resets."""
+        call (NaN for the others); resets. No host sync."""
         dev = self.device or torch.device("cpu")
-        out = torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
-        sens, self._sens = self._sens, None
-        fired, self._fired, self._held = self._fired, set(), {}
-        if not self.structure_pending:
-            fired &= self._trunk_owner  # the structure step measured every input to find the trunk
-        if sens is not None and fired:
-            idx = torch.tensor(sorted(fired), dtype=torch.long, device=dev)
-            vals = sens.to(dev).sqrt().float()
-            if inv_scale is not None:
-                vals = vals * inv_scale.to(dev, torch.float32)
-            out[idx] = vals[idx]
-        return out
+        sens, self._sens, self._held = self._sens, None, {}
+        if sens is None:
+            return torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
+        sens = sens.to(dev)
+        valid = sens[:, 2] > 0
+        if self._trunk_mask is not None:
+            valid = valid & self._trunk_mask.to(dev)  # the structure step measured every input to find it
+        vals = sens[:, :2].sqrt().float()
+        if inv_scale is not None:
+            vals = vals * inv_scale.to(dev, torch.float32)
+        return torch.where(valid[:, None], vals, torch.full_like(vals, float("nan")))

@@ -251,3 +251,34 @@ class _Wrap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mha(x, x, x, need_weights=False)[0]
+
+
+def test_two_forwards_then_one_backward_measure_each_input_with_its_own_gradient() -> None:
+    torch.manual_seed(0)
+    model = _Res()
+    xs = [torch.randn(4, 6), 3 * torch.randn(4, 6)]
+    ys = [torch.randint(0, 4, (4,)) for _ in xs]
+    with gradvet.Monitor(model, profile="full") as mon:
+        for _ in range(2):
+            model.zero_grad()
+            loss = sum(F.cross_entropy(model(x), y) for x, y in zip(xs, ys))
+            loss.backward()
+            mon.step(loss)
+    run = mon.load()
+    seen: dict[str, list[torch.Tensor]] = {"fc1.1": [], "head": []}
+
+    def keep(name: str):
+        def hook(_m, a):
+            a[0].retain_grad()
+            seen[name].append(a[0])
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in model.named_modules() if n in seen]
+    model.zero_grad()
+    sum(F.cross_entropy(model(x), y) for x, y in zip(xs, ys)).backward()
+    for h in hooks:
+        h.remove()
+    names = [layer["name"] for layer in run.layers]
+    for name, ts in seen.items():
+        want = float(torch.sqrt(sum((t.grad.double() * t.detach().double()).square().sum() for t in ts)))
+        assert run.get("graph/in_sens").values[-1, names.index(name)] == pytest.approx(want, rel=1e-5)
