@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from rich.console import Console, Group
@@ -15,6 +17,10 @@ from rich.text import Text
 
 _SEV_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 _UNBOUNDED = 100_000  # columns offered when measuring a table's natural width
+#: above this many rows the table groups repeated blocks (``h.0 .. h.11``) and drops parameter-free modules
+COMPACT_ABOVE = 40
+#: a repeated position is grouped when this many blocks share it
+GROUP_MIN = 3
 
 
 def _fmt(x: Optional[float], pct: bool = False) -> str:
@@ -39,26 +45,112 @@ def _finite_pos(x: Optional[float]) -> bool:
     return x is not None and x > 0 and math.isfinite(x)
 
 
-def layer_table(report: Any) -> Table:
-    """Per-layer table: the gradient signal ||dL/d output|| as a log-scale bar, input side first."""
+@dataclass
+class _Row:
+    """One table row: a layer, or a group of layers at the same position of repeated blocks."""
+
+    name: str
+    layers: list[Any]
+
+    @property
+    def first(self) -> Any:
+        return self.layers[0]
+
+    def median(self, attr: str) -> Optional[float]:
+        vals = [v for v in (getattr(x, attr) for x in self.layers) if v is not None and math.isfinite(v)]
+        return statistics.median(vals) if vals else None
+
+    def span(self, attr: str) -> str:
+        vals = [v for v in (getattr(x, attr) for x in self.layers) if v is not None and math.isfinite(v)]
+        return f"{min(vals):.2e}..{max(vals):.2e}" if len(self.layers) > 1 and vals else ""
+
+
+def _position(name: str) -> tuple[str, tuple[int, ...]]:
+    """``"transformer.h.3.attn.c_attn"`` -> ``("transformer.h.*.attn.c_attn", (3,))``."""
+    parts = name.split(".")
+    idx = tuple(int(p) for p in parts if p.isdigit())
+    return ".".join("*" if p.isdigit() else p for p in parts), idx
+
+
+def _group_name(key: str, members: Sequence[Any]) -> str:
+    """``transformer.h.{0..11}.attn.c_attn``: each index position as the range it spans."""
+    idx = [_position(x.name)[1] for x in members]
+    parts, k = [], 0
+    for p in key.split("."):
+        if p == "*":
+            vals = sorted({i[k] for i in idx})
+            parts.append(f"{{{vals[0]}..{vals[-1]}}}" if len(vals) > 1 else str(vals[0]))
+            k += 1
+        else:
+            parts.append(p)
+    return ".".join(parts)
+
+
+def table_rows(report: Any, full: bool = False) -> list[_Row]:
+    """The rows of the layer table, input side first.
+
+    In full, or up to :data:`COMPACT_ABOVE` layers: one row per layer. Larger models get what a
+    person can read: the first and last layers and every layer a finding names on rows of their
+    own, the layers at one position of repeated blocks (``h.0 .. h.11``, >= 3 of them) on one row
+    (median values, the span of ||dL/d output||), parameter-free modules (dropout, containers) left out.
+    """
     layers = [x for x in report.layers if x.role != "other" or x.signal_norm is not None]
-    vals = [x.signal_norm for x in layers if _finite_pos(x.signal_norm)]
+    if full or len(layers) <= COMPACT_ABOVE:
+        return [_Row(x.name or "(root)", [x]) for x in layers]
+    named = {n for f in report.findings for n in f.layers}
+    keep = named | {layers[0].name, layers[-1].name}
+    layers = [x for x in layers if x.role != "other" or x.name in keep]
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for x in layers:
+        key, idx = _position(x.name)
+        if idx and x.name not in keep:
+            groups.setdefault((key, x.type), []).append(x)
+    rows: list[_Row] = []
+    placed: set[tuple[str, str]] = set()
+    for x in layers:
+        key, idx = _position(x.name)
+        members = groups.get((key, x.type), [])
+        if x.name in keep or not idx or len(members) < GROUP_MIN:
+            rows.append(_Row(x.name or "(root)", [x]))
+        elif (key, x.type) not in placed:
+            placed.add((key, x.type))
+            rows.append(_Row(_group_name(key, members), members))
+    return rows
+
+
+def layer_table(report: Any, full: bool = False) -> Table:
+    """Per-layer table: the gradient signal ||dL/d output|| as a log-scale bar, input side first
+    (large models compact, :func:`table_rows`)."""
+    rows = table_rows(report, full)
+    n_layers = sum(len(r.layers) for r in rows)
+    grouped = any(len(r.layers) > 1 for r in rows)
+    vals = [v for r in rows for v in [r.median("signal_norm")] if _finite_pos(v)]
     lo = math.log10(min(vals)) - 0.5 if vals else 0.0
     hi = math.log10(max(vals)) if vals else 1.0
-    has_upd = any(x.update_ratio is not None for x in layers)
-    table = Table(title="gradient flow, input side first (bar: ||dL/d output||, log scale)")
-    cols = [("layer", "left"), ("type", "left"), ("act", "left"), ("|dL/dout|", "right"), ("", "left"),
-            ("rms", "right"), ("|grad W|", "right")]
+    has_upd = any(x.update_ratio is not None for r in rows for x in r.layers)
+    title = "gradient flow, input side first (bar: ||dL/d output||, log scale)"
+    caption = None
+    if grouped or len(rows) < len([x for x in report.layers if x.role != "other" or x.signal_norm is not None]):
+        caption = (f"{n_layers} layers on {len(rows)} rows: repeated blocks grouped (median; span: min..max of "
+                   "|dL/dout|), parameter-free modules left out; every layer: gradvet show --all, "
+                   "report.table(full=True)")
+    table = Table(title=title, caption=caption)
+    cols = [("layer", "left"), ("type", "left"), ("act", "left"), ("|dL/dout|", "right"), ("", "left")]
+    cols += [("span", "right")] if grouped else []
+    cols += [("rms", "right"), ("|grad W|", "right")]
     cols += [("upd/W", "right")] if has_upd else []
     cols += [("sat", "right"), ("dead", "right")]
     for col, just in cols:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for x in layers:
+    for r in rows:
+        x = r.first
         act = bool(x.activation)
-        row = [x.name or "(root)", x.type, x.activation or "", _fmt(x.signal_norm), _bar(x.signal_norm, lo, hi),
-               _fmt(x.signal_rms), _fmt(x.grad_norm)]
-        row += [_fmt(x.update_ratio)] if has_upd else []
-        row += [_fmt(x.sat_frac, True) if act else "", _fmt(x.dead_frac, True) if act else ""]
+        sig = r.median("signal_norm")
+        row: list[Any] = [r.name, x.type, x.activation or "", _fmt(sig), _bar(sig, lo, hi)]
+        row += [r.span("signal_norm")] if grouped else []
+        row += [_fmt(r.median("signal_rms")), _fmt(r.median("grad_norm"))]
+        row += [_fmt(r.median("update_ratio"))] if has_upd else []
+        row += [_fmt(r.median("sat_frac"), True) if act else "", _fmt(r.median("dead_frac"), True) if act else ""]
         table.add_row(*row)
     return table
 
@@ -79,8 +171,8 @@ def finding_panel(f: Any) -> Panel:
     return Panel(body, title=f"{f.severity.upper()}: {f.kind}", border_style=_SEV_STYLE.get(f.severity, "white"))
 
 
-def render_report(report: Any) -> Any:
-    parts: list[Any] = [layer_table(report)]
+def render_report(report: Any, full: bool = False) -> Any:
+    parts: list[Any] = [layer_table(report, full)]
     if report.findings:
         parts.extend(finding_panel(f) for f in report.findings)
     else:

@@ -119,6 +119,13 @@ class Report:
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), default=str, **kwargs)
 
+    def table(self, full: bool = False) -> Any:
+        """The per-layer table as a rich renderable; large models are compact (repeated blocks grouped)
+        unless ``full``."""
+        from gradvet._render import layer_table
+
+        return layer_table(self, full)
+
     def __rich_console__(self, console: Any, options: Any) -> Any:
         from gradvet._render import render_report
 

@@ -1,0 +1,47 @@
+"""Large models get a table a person can read: repeated blocks grouped, findings' layers kept whole."""
+
+import statistics
+
+from gradvet._render import COMPACT_ABOVE, layer_table, table_rows, to_text
+from gradvet.findings import Finding
+from gradvet.report import LayerReport, Report
+
+
+def _report(blocks: int, named: tuple[str, ...] = ()) -> Report:
+    layers = [LayerReport("embed", "Embedding", "param", signal_norm=1.0, grad_norm=2.0)]
+    for b in range(blocks):
+        layers += [
+            LayerReport(f"h.{b}.ln", "LayerNorm", "param", signal_norm=1e-3 * (b + 1), grad_norm=0.1),
+            LayerReport(f"h.{b}.fc", "Linear", "param", signal_norm=0.5 + b / 100, grad_norm=0.2 * (b + 1)),
+            LayerReport(f"h.{b}.drop", "Dropout", "other", signal_norm=0.5),
+        ]
+    layers.append(LayerReport("head", "Linear", "param", signal_norm=0.3, grad_norm=1.0))
+    findings = [Finding("vanishing_gradients", "warning", list(named), "x")] if named else []
+    return Report(findings=findings, layers=layers)
+
+
+def test_repeated_blocks_are_grouped_with_median_and_span() -> None:
+    report = _report(20, named=("h.7.fc",))
+    rows = table_rows(report)
+    names = [r.name for r in rows]
+    # the named layer keeps its own row; its block position is grouped without it; dropout left out
+    assert names == ["embed", "h.{0..19}.ln", "h.{0..19}.fc", "h.7.fc", "head"]
+    fc = rows[2]
+    want = [0.5 + b / 100 for b in range(20) if b != 7]
+    assert len(fc.layers) == 19
+    assert fc.median("signal_norm") == statistics.median(want)
+    assert fc.span("signal_norm") == f"{min(want):.2e}..{max(want):.2e}"
+    assert fc.median("grad_norm") == statistics.median([0.2 * (b + 1) for b in range(20) if b != 7])
+    text = to_text(layer_table(report), width=200)
+    assert "h.{0..19}.fc" in text and "h.7.fc" in text and "Dropout" not in text
+    assert "on 5 rows" in text and "report.table(full=True)" in text
+
+
+def test_full_table_and_small_models_show_every_layer() -> None:
+    big = _report(20)
+    assert len(table_rows(big, full=True)) == len(big.layers)
+    assert "h.13.drop" in to_text(big.table(full=True), width=200)
+    small = _report(3)
+    assert len(small.layers) <= COMPACT_ABOVE
+    assert [r.name for r in table_rows(small)] == [x.name for x in small.layers]
+    assert "span" not in to_text(layer_table(small), width=200)
