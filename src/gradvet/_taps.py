@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import warnings
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,29 @@ log = logging.getLogger(__name__)
 # Module hooks run eagerly under torch.compile: dynamo would otherwise trace them,
 # guard on their Python state (layer order, producer ids) and recompile per call
 # until its recompile limit. Costs ~0.3 us per call in eager mode.
-_eager = torch.compiler.disable
+# torch.compiler.disable imports torch._dynamo (sympy, triton: ~1.4 s), so it is applied
+# on the first access of any @_eager method, not at import: that access registers the
+# hooks (never inside a traced region), and from then on the class holds the disabled
+# functions, exactly as a plain ``@torch.compiler.disable`` would have left it.
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _LazyEager:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        for name, attr in list(vars(self.owner).items()):
+            if isinstance(attr, _LazyEager):
+                setattr(self.owner, name, torch.compiler.disable(attr.fn))
+        return getattr(self.owner if obj is None else obj, self.name)
+
+
+def _eager(fn: _F) -> _F:
+    return cast(_F, _LazyEager(fn))
 
 
 def first_tensor(out: Any) -> Optional[Tensor]:
