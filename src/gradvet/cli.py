@@ -1,4 +1,8 @@
-"""The ``gradvet`` command line (typer). Every command reads records or factories, never live state."""
+"""The ``gradvet`` command line (typer). Every command reads records or factories, never live state.
+
+Heavy modules (rich tables, matplotlib, records, reports, the lab) are imported inside
+the commands that use them: ``gradvet --help`` must not pay for them (bench/startup.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from gradvet._render import print_uncut
 from gradvet._version import __version__
 
 app = typer.Typer(
@@ -137,6 +140,8 @@ def check(
     if as_json:
         typer.echo(_json(report.to_dict()))
     else:
+        from gradvet._render import print_uncut
+
         print_uncut(console, report)
     raise typer.Exit(0 if report.healthy else 1)
 
@@ -159,6 +164,8 @@ def show(
     if as_json:
         typer.echo(_json(run.report().to_dict()))
         return
+    from gradvet._render import print_uncut
+
     meta = run.meta
     console.print(
         f"[bold]{record}[/]: model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
@@ -285,6 +292,8 @@ def treat(
         }
         typer.echo(_json(payload, indent=1))
     else:
+        from gradvet._render import print_uncut
+
         print_uncut(console, result)
     if out is not None:
         import torch
