@@ -172,7 +172,12 @@ def finding_panel(f: Any) -> Panel:
 
 
 def render_report(report: Any, full: bool = False) -> Any:
-    parts: list[Any] = [layer_table(report, full)]
+    parts: list[Any] = []
+    bad = getattr(report, "nonfinite_from", None)
+    if bad is not None:
+        parts.append(Text(f"non-finite (NaN/Inf) from step {bad} to the end: the table shows each layer's "
+                          "last finite values, the loss its last finite one", style="bold red"))
+    parts.append(layer_table(report, full))
     if report.findings:
         parts.extend(finding_panel(f) for f in report.findings)
     else:

@@ -73,6 +73,9 @@ class Report:
         layers: per-layer measurements, input side first.
         steps: number of optimizer steps measured.
         meta: run metadata.
+        loss: the last recorded loss (the last finite one when the run went non-finite).
+        nonfinite_from: the first step whose loss or gradients were non-finite (None if none);
+            the layer values are then each layer's last finite ones.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -80,6 +83,7 @@ class Report:
     steps: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     loss: Optional[float] = None
+    nonfinite_from: Optional[int] = None
 
     @property
     def healthy(self) -> bool:
@@ -167,11 +171,35 @@ def _layer_param_norm(row: Optional[np.ndarray], idx: list[int]) -> Optional[flo
     return float(np.sqrt(np.nansum(vals**2)))
 
 
+def nonfinite_from(run: Run) -> Optional[int]:
+    """When the run *ends* non-finite, the first step of that final stretch, else None.
+
+    A step is non-finite when some parameter's gradient holds NaN/Inf, or the loss is +-inf, or
+    NaN after a finite loss (a step given no loss records NaN too). A stretch that recovers (an
+    AMP step the scaler skipped) does not count: the latest values are finite then.
+    """
+    loss = run.loss.astype(np.float64) if len(run.loss) else np.zeros(0)
+    if not len(loss):
+        return None
+    had = np.maximum.accumulate(np.isfinite(loss))
+    bad = np.isinf(loss) | (np.isnan(loss) & had)
+    g = run.get("param/grad_nonfinite")
+    if g is not None and len(g.steps) == len(loss):
+        bad = bad | (np.nan_to_num(g.values.astype(np.float64), nan=0.0) > 0).any(axis=1)
+    if not bad[-1]:
+        return None
+    good = np.where(~bad)[0]
+    first = int(good[-1]) + 1 if len(good) else 0
+    return int(run.steps[first])
+
+
 def layer_reports(run: Run) -> list[LayerReport]:
-    """Per-layer summaries (last recorded values), input side first."""
-    gn = _last_row(run, "param/grad_norm")
+    """Per-layer summaries (last recorded values), input side first; after a run went non-finite,
+    each value is the last finite one (a NaN everywhere would hide what led up to it)."""
+    last = _last_finite if nonfinite_from(run) is not None else _last_row
+    gn = last(run, "param/grad_norm")
     pn = _last_finite(run, "param/param_norm")
-    lrow = {name: _last_row(run, f"layer/{name}") for name in
+    lrow = {name: last(run, f"layer/{name}") for name in
             ("grad_norm", "grad_rms", "act_mean", "act_std", "sat_frac", "dead_frac")}
     upd = run.get("param/update_ratio")
     out = []
@@ -212,5 +240,13 @@ def build_report(run: Run) -> Report:
         layers=layer_reports(run),
         steps=len(run.steps),
         meta=dict(run.meta),
-        loss=_f(loss[-1]) if len(loss) else None,
+        loss=_last_finite_loss(loss),
+        nonfinite_from=nonfinite_from(run),
     )
+
+
+def _last_finite_loss(loss: np.ndarray) -> Optional[float]:
+    finite = loss[np.isfinite(loss)] if len(loss) else loss
+    if len(finite) < len(loss) and len(finite):
+        return _f(finite[-1])
+    return _f(loss[-1]) if len(loss) else None

@@ -45,3 +45,36 @@ def test_full_table_and_small_models_show_every_layer() -> None:
     assert len(small.layers) <= COMPACT_ABOVE
     assert [r.name for r in table_rows(small)] == [x.name for x in small.layers]
     assert "span" not in to_text(layer_table(small), width=200)
+
+
+def test_a_run_that_ends_in_nan_shows_its_last_finite_values_and_says_when_it_broke() -> None:
+    import numpy as np
+    import torch
+
+    import gradvet
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradvet.Monitor(model, optimizer=opt, profile="full") as mon:
+        for step in range(6):
+            opt.zero_grad()
+            if step == 4:
+                with torch.no_grad():
+                    model[0].weight[0, 0] = float("nan")
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+    run = mon.load()
+    report = run.report()
+    assert report.nonfinite_from == 4
+    losses = run.loss
+    assert np.isnan(losses[-1]) and report.loss == float(losses[3])
+    # each layer's values are from its last finite step (3), not the NaN of the last one
+    s = run.get("layer/grad_norm")
+    names = [layer["name"] for layer in run.layers]
+    for name in ("0", "2"):
+        assert report.layer(name).signal_norm == float(s.values[3, names.index(name)])
+    assert "non-finite (NaN/Inf) from step 4" in str(report)
