@@ -200,6 +200,24 @@ class Monitor:
         elif self.run is not None:
             self.run.meta.update(final)
 
+    def annotate(self, **meta: Any) -> None:
+        """Add JSON-serialisable entries to the run's metadata (``run.meta``), before or during a run.
+
+        Integrations say here how they measured (the HF Trainer callback: ``grad_norms``).
+
+        Example:
+            >>> import torch, gradvet
+            >>> monitor = gradvet.Monitor(torch.nn.Linear(2, 1))
+            >>> monitor.annotate(grad_norms="pre_clip")
+            >>> monitor.run.meta["grad_norms"]
+            'pre_clip'
+        """
+        self._meta.update(meta)
+        if self._writer is not None:
+            self._writer.meta(**meta)
+        if self.run is not None:
+            self.run.meta.update(meta)
+
     # -- measuring ------------------------------------------------------------------
     @property
     def steps(self) -> int:

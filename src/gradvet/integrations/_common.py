@@ -50,7 +50,31 @@ def print_findings(report: Any, console: Optional[Any] = None) -> None:
 
     from gradvet._render import print_uncut
 
-    print_uncut(console or Console(), report)
+    console = console or Console()
+    print_uncut(console, report)
+    note = clip_note(getattr(report, "meta", None) or {})
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def clip_note(meta: dict[str, Any]) -> Optional[str]:
+    """One line saying a record's gradient norms were taken after clipping (None otherwise).
+
+    Integrations record ``grad_norms`` (``"pre_clip"``/``"post_clip"``) and ``max_grad_norm``
+    in the run's metadata; diagnosis thresholds assume raw norms.
+
+    Example:
+        >>> clip_note({"grad_norms": "post_clip", "max_grad_norm": 1.0})[:52]
+        'note: gradient norms were recorded after clipping to'
+        >>> clip_note({"grad_norms": "pre_clip"}) is None
+        True
+    """
+    if meta.get("grad_norms") != "post_clip":
+        return None
+    return (
+        f"note: gradient norms were recorded after clipping to max_grad_norm={meta.get('max_grad_norm')}: "
+        "large gradients look tame here; train with max_grad_norm=0 to record raw norms"
+    )
 
 
 def unscaled(loss: Tensor, scaler: Any) -> Tensor:
