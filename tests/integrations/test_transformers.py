@@ -170,3 +170,25 @@ def test_hf_live_scalars_reach_log_history_and_tensorboard(tmp_path: Path) -> No
     tb = acc.Scalars("train/gradvet/grad_norm")
     assert [e.step for e in tb] == [1, 2, 3, 4]
     np.testing.assert_allclose([e.value for e in tb], logged, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "opt", "pre_clip", "expected"),
+    [
+        ({"world_size": 1}, {"gradient_state": object()}, True, None),
+        ({"world_size": 1}, {"gradient_state": object()}, False, "pre_clip=False"),
+        ({"world_size": 2}, {"gradient_state": object()}, True, "several processes"),
+        ({"world_size": 1, "deepspeed": "ds.json"}, {"gradient_state": object()}, True, "DeepSpeed"),
+        ({"world_size": 1}, {"gradient_state": object(), "accelerator_state": {"distributed_type": "DistributedType.DEEPSPEED"}}, True, "DeepSpeed"),
+        ({"world_size": 1}, {}, True, "not Accelerate's"),
+    ],
+)
+def test_hf_when_norms_are_post_clip(args: dict, opt: dict, pre_clip: bool, expected: Any) -> None:
+    from types import SimpleNamespace
+
+    from gradvet.integrations.transformers import _post_clip_reason
+
+    if "accelerator_state" in opt:
+        opt = {**opt, "accelerator_state": SimpleNamespace(**opt["accelerator_state"])}
+    reason = _post_clip_reason(SimpleNamespace(**args), pre_clip, SimpleNamespace(**opt))
+    assert reason is None if expected is None else expected in reason

@@ -84,15 +84,20 @@ def _torch_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
 
 
-def _post_clip_reason(args: Any, pre_clip: bool, sync_state: Any) -> Optional[str]:
-    """Why the norms cannot be measured before the Trainer clips them (None: they can)."""
+def _post_clip_reason(args: Any, pre_clip: bool, optimizer: Any) -> Optional[str]:
+    """Why the norms cannot be measured before the Trainer clips them (None: they can).
+
+    ``optimizer`` is Accelerate's ``AcceleratedOptimizer`` (its ``gradient_state`` says which
+    micro-batch completes the gradients; its ``accelerator_state`` how they are handled).
+    """
+    state = getattr(optimizer, "accelerator_state", None)
     if not pre_clip:
         return "GradvetCallback(pre_clip=False)"
-    if getattr(args, "deepspeed", None):
+    if getattr(args, "deepspeed", None) or "DEEPSPEED" in str(getattr(state, "distributed_type", "")):
         return "DeepSpeed clips inside its own step"
-    if getattr(args, "world_size", 1) > 1:
+    if getattr(args, "world_size", 1) > 1 or getattr(state, "num_processes", 1) > 1:
         return "several processes reduce gradients after backward"
-    if sync_state is None:
+    if getattr(optimizer, "gradient_state", None) is None:
         return "the optimizer is not Accelerate's"
     return None
 
@@ -167,7 +172,7 @@ class GradvetCallback(TrainerCallback):  # type: ignore[misc]
         )
         self._clip = float(args.max_grad_norm or 0.0)
         self._sync = getattr(wrapped, "gradient_state", None)
-        reason = _post_clip_reason(args, self.pre_clip, self._sync) if self._clip > 0 else None
+        reason = _post_clip_reason(args, self.pre_clip, wrapped) if self._clip > 0 else None
         self._at_backward = self._clip > 0 and reason is None
         self.monitor.annotate(grad_norms="post_clip" if reason else "pre_clip", max_grad_norm=self._clip)
         if reason:
