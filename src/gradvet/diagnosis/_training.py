@@ -5,8 +5,8 @@
   non-finite), the signature of a learning rate too large for the curvature.
   A growing gradient norm with a falling loss is ordinary early training and is
   not reported.
-  A loss that rises >= 100x above its early level (or turns non-finite) is
-  reported whatever the gradient norm does: in a normalised net the weights
+  A loss whose finite values rise >= 100x above its early level is reported
+  whatever the gradient norm does: in a normalised net the weights
   grow and their gradients shrink while the updates overshoot.
 - **stalled layers**: a layer whose relative update ||dW||/||W|| stays below
   1/1000 of the median layer's (median over measured updates). Relative to the
@@ -56,6 +56,10 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     if G is None or len(G) < 4 or len(loss) != len(G):
         return []
     G = np.where(np.isfinite(G), G, np.nan)
+    bad = run.get("param/grad_nonfinite")
+    if bad is not None and bad.values.shape[0] == len(G):
+        # a step where some gradient is NaN/Inf has a partial norm: the growth is read up to the step before
+        G[(np.nan_to_num(bad.values.astype(np.float64), nan=0.0) > 0).any(axis=1)] = np.nan
     k = max(1, min(3, len(G) // 10))
     with np.errstate(all="ignore"):
         early_g, early_l = nanmedian(G[:k]), nanmedian(loss[:k])
@@ -70,12 +74,18 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     rising = went_nonfinite or (np.isfinite(early_l) and late_l > 1.5 * early_l)
     # A loss that rises by orders of magnitude diverges whatever the gradient norm does: in a normalised
     # net the weights grow and their gradients shrink (scale invariance) while the updates overshoot.
-    diverged = went_nonfinite or bool(np.isfinite(early_l) and early_l > 0 and late_l >= LOSS_DIVERGED * early_l)
+    # (finite values only: a NaN born from one bad batch is not a divergence, the nonfinite rule names it)
+    with np.errstate(all="ignore"):
+        after = loss[k:]
+        peak_l = np.max(after[np.isfinite(after)]) if np.isfinite(after).any() else np.nan
+    diverged = bool(np.isfinite(early_l) and early_l > 0 and peak_l >= LOSS_DIVERGED * early_l)
     if not ((growth >= GROWTH and rising) or diverged):
         return []
     lrs = sorted({float(p["lr"]) for p in run.params if p.get("lr") is not None})
     lr_txt = f" (learning rate {', '.join(f'{x:g}' for x in lrs)})" if lrs else ""
     end = "non-finite" if went_nonfinite else f"{late_l:.3g}"
+    if diverged and growth < GROWTH:
+        end = f"{peak_l:.3g}" + (", then non-finite" if went_nonfinite else "")
     if growth >= GROWTH:
         evidence = (f"the global gradient norm rose {10 ** growth:.3g}x above its starting level by step "
                     f"{int(run.steps[peak])} while the loss went from {early_l:.3g} to {end}")
@@ -90,7 +100,7 @@ def exploding_training_rule(run: Run) -> list[Finding]:
         rems.insert(2, remedy("norm:batch", 0.5, "Ioffe & Szegedy (2015) train with far higher learning rates "
                                                  "once each layer's input is normalised"))
     layers = _layer_growth(run, k, peak) or [x["name"] for x in run.ordered_layers() if x.get("params")][:1]
-    return [Finding("exploding_gradients", "error" if diverged or growth >= 2 else "warning", layers,
+    return [Finding("exploding_gradients", "error" if went_nonfinite or diverged or growth >= 2 else "warning", layers,
                     evidence, causes, rems, {"log10_growth": growth, "went_nonfinite": went_nonfinite})]
 
 

@@ -24,15 +24,17 @@ def summary_scalars(report: Any) -> dict[str, float]:
     """Compact scalars of a :class:`gradvet.Report` for a metrics logger.
 
     Returns:
-        ``findings`` (count), and over the layers whose gradient signal was measured on the
-        last layer step: ``signal_min``/``signal_max`` (per-element RMS of dL/d output) and
-        ``signal_ratio`` = max/min, the spread that vanishing or exploding gradients widen.
+        ``findings`` (count), and over the parameter layers whose gradient signal was measured
+        on the last layer step: ``signal_min``/``signal_max`` (per-element RMS of dL/d output) and
+        ``signal_ratio`` = max/min, the spread that vanishing or exploding gradients widen. The
+        root module is left out: a model that returns its loss (Hugging Face) has dL/d output = 1.
     """
     out = {"findings": float(len(report.findings))}
     rms = [
         layer.signal_rms
         for layer in report.layers
-        if layer.signal_rms is not None and math.isfinite(layer.signal_rms) and layer.signal_rms > 0
+        if layer.name and layer.role in ("param", "recurrent")
+        and layer.signal_rms is not None and math.isfinite(layer.signal_rms) and layer.signal_rms > 0
     ]
     if rms:
         out["signal_min"], out["signal_max"] = min(rms), max(rms)
