@@ -50,6 +50,13 @@ class _SavedState:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
+def _nonfinite_count(targets: Any) -> int:
+    """NaN/Inf values in floating targets (class indices are integers and always finite)."""
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point():
+        return int((~torch.isfinite(targets.detach())).sum())  # sync-ok: once, before check's pass
+    return 0
+
+
 def check(
     model: nn.Module,
     batch: Any,
@@ -102,6 +109,9 @@ def check(
             model.train()
         monitor = Monitor(model, profile=config)
         monitor._meta["source"] = "check"
+        bad_targets = _nonfinite_count(targets)
+        if bad_targets:
+            monitor.annotate(targets_nonfinite=bad_targets)
         with monitor:
             for _ in range(passes):
                 for p in monitor.parameters:

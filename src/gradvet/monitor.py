@@ -129,6 +129,8 @@ class Monitor:
         self._step = 0
         self._buf: dict[str, list] = {}
         self._loss_node: Any = None
+        # non-finite values in the model's inputs on this step: a device count, no host sync
+        self._input_bad: Optional[Tensor] = None
         self._last_flush = time.monotonic()
         self._last_stats: Optional[Tensor] = None
         self._update_step: Optional[int] = None
@@ -159,6 +161,8 @@ class Monitor:
         elif self.run is not None:
             self.run.meta.update(self._meta)
         self._taps.attach(self.model, self._hooks)
+        self._hooks.add(self.model.register_forward_pre_hook(
+            torch.compiler.disable(self._check_inputs), with_kwargs=True))
         if self.optimizer is not None:
             self._hooks.add(self.optimizer.register_step_pre_hook(self._opt_pre))
             self._hooks.add(self.optimizer.register_step_post_hook(self._opt_post))
@@ -290,6 +294,20 @@ class Monitor:
                 return None
         return scale
 
+    def _check_inputs(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """Count NaN/Inf in the floating tensors the model is called with, on the steps whose gradients
+        are checked for them (layer steps, or every step with ``count_nonfinite``): bad data is the most
+        frequent origin of a NaN, and the layer a NaN is born in says nothing about it."""
+        if not torch.is_grad_enabled() or not (self._taps.active or self.config.count_nonfinite):
+            return
+        try:
+            with torch._C.DisableTorchFunction():
+                for t in _floating_tensors((args, kwargs)):
+                    n = (~torch.isfinite(t.detach())).sum()
+                    self._input_bad = n if self._input_bad is None else self._input_bad + n.to(self._input_bad.device)
+        except Exception:  # measuring never costs the training run
+            log.exception("gradvet: checking the inputs failed")
+
     def _measure(self, s: int, loss: Optional[Tensor]) -> None:
         self._weight_norms = None  # never the norms of an earlier step's weights
         grads = [p.grad for p in self.parameters]
@@ -315,6 +333,8 @@ class Monitor:
         if self._dist is not None and loss is not None:
             lval = self._dist.mean_async(lval)  # mean over ranks; waited for in _flush
         buf.setdefault("loss", []).append(lval)
+        bad_in, self._input_bad = self._input_bad, None
+        buf.setdefault("input_nonfinite", []).append(nan if bad_in is None else bad_in.to(dev, torch.float32))
         buf.setdefault("param", []).append(stats)
         scale = self._scale_tensor()
         if scale is not None:
@@ -448,6 +468,10 @@ class Monitor:
         if buf.get("step"):
             steps = np.asarray(buf["step"], dtype=np.int64)
             blocks.append(("loss", steps, torch.stack(buf["loss"]).cpu().numpy()))
+            if buf.get("input_nonfinite"):
+                bad_in = torch.stack(buf["input_nonfinite"]).cpu().numpy()
+                if np.isfinite(bad_in).any():  # NaN: this step's inputs were not checked
+                    blocks.append(("input_nonfinite", steps, bad_in))
             pstats = torch.stack(buf["param"]).cpu().numpy()  # [n, P, 4]
             for j, name in enumerate(PARAM_STATS):
                 blocks.append((f"param/{name}", steps, pstats[:, :, j]))
@@ -500,6 +524,16 @@ class Monitor:
         from gradvet.report import build_report
 
         return build_report(self.load())
+
+
+def _floating_tensors(obj: Any, depth: int = 0) -> list[Tensor]:
+    """Floating tensors in a model call's arguments (tuples, lists, dicts; two levels deep)."""
+    if isinstance(obj, Tensor):
+        return [obj] if obj.is_floating_point() else []
+    if depth > 2:
+        return []
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    return [t for o in items for t in _floating_tensors(o, depth + 1)]
 
 
 def _has_closure(optimizer: Any, args: Any, kwargs: Any) -> bool:

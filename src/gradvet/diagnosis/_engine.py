@@ -37,4 +37,5 @@ def diagnose(run: Run) -> list[Finding]:
             findings.extend(rule(run))
         except Exception:
             log.exception("gradvet: diagnosis rule %s failed", name)
-    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
+    # most severe first; among errors a NaN first: it corrupts every other measurement after it
+    return sorted(findings, key=lambda f: (-SEVERITIES.index(f.severity), f.kind != "nonfinite_gradients"))

@@ -63,8 +63,40 @@ def _birthplace(run: Run) -> tuple[Optional[str], str]:
     return None, ""
 
 
+def _bad_input_steps(run: Run) -> tuple[list[int], float]:
+    """Steps whose model inputs held NaN/Inf (checked on layer steps), and the count at the first."""
+    s = run.get("input_nonfinite")
+    if s is None or not len(s.steps):
+        return [], 0.0
+    v = np.nan_to_num(s.values.astype(np.float64), nan=0.0)
+    hits = np.where(v > 0)[0]
+    return [int(s.steps[i]) for i in hits], float(v[hits[0]]) if len(hits) else 0.0
+
+
+def _input_finding(run: Run, steps: list[int], count: float, targets: int) -> Finding:
+    where = []
+    if steps:
+        where.append(f"the batch at step {steps[0]} holds {count:.0f} NaN/Inf value(s) in its inputs" +
+                     (f" ({len(steps)} batch(es) in all)" if len(steps) > 1 else ""))
+    if targets:
+        where.append(f"the targets hold {targets} NaN/Inf value(s)")
+    evidence = "; ".join(where) + ": every gradient computed from them is non-finite, whatever the model"
+    born, _ = _birthplace(run)
+    if born:
+        evidence += f" (the first layer with a non-finite output is {born!r}, the one that reads them)"
+    causes = [Cause("nonfinite_inputs", "the data holds NaN/Inf: " + "; ".join(where), 0.97)]
+    rems = [remedy("data:filter_nonfinite", 0.95), remedy("skip_nonfinite", 0.8)]
+    return Finding("nonfinite_gradients", "error", [born] if born else [], evidence, causes, rems,
+                   {"input_steps": steps, "first_input_count": count, "target_count": targets})
+
+
 @register_rule("nonfinite")
 def nonfinite_rule(run: Run) -> list[Finding]:
+    in_steps, in_count = _bad_input_steps(run)
+    targets = int(run.meta.get("targets_nonfinite", 0) or 0)
+    if in_steps or targets:
+        # the data, not the model: the first thing to say, with the data's remedy
+        return [_input_finding(run, in_steps, in_count, targets)]
     bad = _bad_param_steps(run)
     loss = run.loss.astype(np.float64)
     # NaN is also "no loss passed": a NaN loss counts only together with non-finite gradients

@@ -131,6 +131,12 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "skip optimizer steps whose gradients are not finite instead of corrupting the weights",
         "guard = gradvet.remedies.skip_nonfinite()\n...; loss.backward(); guard(list(model.parameters())); opt.step()",
     ),
+    "data:filter_nonfinite": (
+        "clean the data, or drop the samples that hold NaN/Inf before they reach the model (and find where "
+        "the pipeline makes them: a division by a zero std, a log of 0, a missing value read as NaN)",
+        "keep = torch.isfinite(x.flatten(1)).all(1) & torch.isfinite(y.reshape(len(y), -1)).all(1)\n"
+        "x, y = x[keep], y[keep]",
+    ),
     "data:normalize": (
         "standardise the inputs to zero mean and unit variance per feature (LeCun et al., 1998)",
         "x = (x - x_train.mean(0)) / (x_train.std(0) + 1e-8)",
