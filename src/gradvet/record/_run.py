@@ -3,6 +3,7 @@
 Metric names:
 
 - ``loss``, ``loss_scale`` - one value per optimizer step;
+- ``input_nonfinite`` - NaN/Inf values in the model's inputs, per step (NaN where not checked);
 - ``param/<stat>`` - ``[steps, P]`` for the statistics in ``gradvet.stats.PARAM_STATS``
   and ``param/update_ratio`` (on update steps only);
 - ``layer/<stat>`` - ``[layer steps, L]`` for ``gradvet.stats.LAYER_STATS``;
