@@ -108,6 +108,28 @@ class RecordLock:
         os.close(fd)  # closing the descriptor drops the flock
 
 
+def is_finished(path: Path) -> bool:
+    """True when no writer can be adding to ``path`` and the main file alone holds all of it.
+
+    A writer holds ``PATH.lock`` from before it opens the record until after its last
+    commit and checkpoint (:meth:`RecordLock.release` removes the file), so no lock file
+    and no journal with content means a finished record: readers may open it
+    ``immutable``, which creates no ``-wal``/``-shm`` beside it. A killed writer leaves its
+    lock file (and maybe a WAL to replay), so its record is read the careful way.
+    """
+    if fcntl is None:  # pragma: no cover - no lock file to tell a live writer by
+        return False
+    if Path(str(path) + ".lock").exists():
+        return False
+    for suffix in ("-wal", "-journal"):  # an empty WAL is what a read-only reader used to leave
+        try:
+            if Path(str(path) + suffix).stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            pass
+    return True
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise ValueError(f"record path {str(path)!r} is a directory; give a file name like 'runs/exp1.gradvet'")

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from gradvet.record._files import is_finished
 from gradvet.record._run import Run
 from gradvet.record._schema import BLOCK_COUNT_KEY, SCHEMA_VERSION, block_crc, text_crc
 
@@ -32,8 +33,12 @@ class _Refused(ValueError):
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
+    # A finished record is read as an immutable file: a read-only connection to a WAL-mode
+    # file would otherwise leave -wal and -shm beside it. A record being written is read
+    # through SQLite's WAL, so the reader sees each committed flush.
+    flags = "mode=ro&immutable=1" if is_finished(path) else "mode=ro"
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
         con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.OperationalError:
         # A WAL file left by a killed writer needs a writable connection to replay.

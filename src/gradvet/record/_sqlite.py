@@ -1,4 +1,4 @@
-"""The on-disk record: one SQLite file in WAL mode, written off the training thread.
+"""The on-disk record: one SQLite file, in WAL mode while written, off the training thread.
 
 Why SQLite: it is in the standard library, a reader in another process can open
 the file while it is being written (WAL), and a committed transaction survives
@@ -112,6 +112,9 @@ class RecordWriter:
         con: Optional[sqlite3.Connection] = None
         try:
             con = sqlite3.connect(str(self.path), check_same_thread=False)
+            # live records are in WAL mode (readers see each flush); a finished one is not
+            # (see _finish), so appending to it switches back
+            con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             self._nblocks = con.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
         except Exception as e:
@@ -139,16 +142,33 @@ class RecordWriter:
                 self._fail(e, con)
 
     def _finish(self, con: Optional[sqlite3.Connection]) -> None:
-        """Checkpoint and close, whatever fails (a full disk must not leave descriptors open)."""
+        """Checkpoint and close, whatever fails (a full disk must not leave descriptors open).
+
+        The finished file leaves WAL mode: SQLite removes ``-wal`` and ``-shm`` now, and no
+        reader (gradvet's or any SQLite tool) creates them again. The switch needs the file
+        to itself: while another connection is open (a reader caught at this moment) it is
+        skipped, and the file stays in WAL mode, which gradvet's reader also opens without
+        leaving files (``immutable``, see ``_load.py``).
+        """
         try:
             if con is not None:
                 con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._leave_wal(con)
         except Exception as e:
             log.warning("gradvet: checkpointing the record %s failed: %s", self.path, e)
         finally:
             if con is not None:
                 con.close()
             self._lock.release()
+
+    def _leave_wal(self, con: sqlite3.Connection) -> None:
+        con.execute("PRAGMA busy_timeout=500")  # a reader's snapshot lasts milliseconds
+        try:
+            mode = con.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+        except sqlite3.OperationalError as e:  # "database is locked": a reader has it open
+            mode = str(e)
+        if str(mode).lower() != "delete":
+            log.debug("gradvet: the record %s stays in WAL mode (%s)", self.path, mode)
 
     def _write(self, con: sqlite3.Connection, kind: str, payload: Any) -> None:
         if kind == "meta":
