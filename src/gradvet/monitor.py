@@ -295,10 +295,10 @@ class Monitor:
         return scale
 
     def _check_inputs(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        """Count NaN/Inf in the floating tensors the model is called with, on the steps whose gradients
-        are checked for them (layer steps, or every step with ``count_nonfinite``): bad data is the most
-        frequent origin of a NaN, and the layer a NaN is born in says nothing about it."""
-        if not torch.is_grad_enabled() or not (self._taps.active or self.config.count_nonfinite):
+        """Count NaN/Inf in the floating tensors the model is called with, on every training forward (one
+        reduction per input, kept on the device): bad data is the most frequent origin of a NaN, and the
+        layer a NaN is born in says nothing about it."""
+        if not torch.is_grad_enabled():
             return
         try:
             with torch._C.DisableTorchFunction():

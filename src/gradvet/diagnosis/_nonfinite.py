@@ -63,6 +63,15 @@ def _birthplace(run: Run) -> tuple[Optional[str], str]:
     return None, ""
 
 
+def _first_layer_step_from(run: Run, step: int) -> Optional[int]:
+    """The first step >= ``step`` on which the layers were measured."""
+    out = run.get("layer/out_nonfinite")
+    if out is None:
+        return None
+    later = [int(s) for s in out.steps if int(s) >= step]
+    return later[0] if later else None
+
+
 def _bad_input_steps(run: Run) -> tuple[list[int], float]:
     """Steps whose model inputs held NaN/Inf (checked on layer steps), and the count at the first."""
     s = run.get("input_nonfinite")
@@ -132,6 +141,11 @@ def nonfinite_rule(run: Run) -> list[Finding]:
         evidence += f" on {int(bad.sum())} of {n} steps"
     if born:
         evidence += f"; the NaN/Inf is born at {born!r}: {how}"
+        seen_at = _first_layer_step_from(run, int(run.steps[first])) if first is not None else None
+        if seen_at is not None and seen_at > int(run.steps[first]):
+            evidence += (f" (layers are measured every {run.meta.get('config', {}).get('layer_every', '?')} steps: "
+                         f"the origin is read at step {seen_at}, the first measured one after step "
+                         f"{int(run.steps[first])}; profile='full' or gradvet.check read it where it happens)")
     causes = [Cause("birthplace", f"{born!r}: {how}", 0.9)] if born else []
     bad_weights = _nonfinite_weights(run)
     if bad_weights:

@@ -61,6 +61,11 @@ def exploding_training_rule(run: Run) -> list[Finding]:
         # a step where some gradient is NaN/Inf has a partial norm: the growth is read up to the step before
         G[(np.nan_to_num(bad.values.astype(np.float64), nan=0.0) > 0).any(axis=1)] = np.nan
     k = max(1, min(3, len(G) // 10))
+    finite_loss = np.isfinite(loss)
+    if finite_loss.any() and not finite_loss.all():
+        first_bad = int(np.argmin(finite_loss)) if finite_loss[0] else 0
+        if first_bad <= 2 * k:  # diverged within the reference window: the first step is the reference
+            k = 1
     with np.errstate(all="ignore"):
         early_g, early_l = nanmedian(G[:k]), nanmedian(loss[:k])
     if not np.isfinite(early_g) or early_g <= 0 or not np.isfinite(G[k:]).any():
