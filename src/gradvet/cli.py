@@ -150,6 +150,8 @@ def check(
 def show(
     record: Path = typer.Argument(..., help="a .gradvet record"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (the same fields as check --json)."),
+    full: bool = typer.Option(False, "--all", help="Every layer on its own row (above 40 layers the table groups "
+                              "repeated blocks)."),
 ) -> None:
     """Print a record's per-layer table and findings.
 
@@ -164,13 +166,15 @@ def show(
     if as_json:
         typer.echo(_json(run.report().to_dict()))
         return
-    from gradvet._render import print_uncut
+    from rich.console import Group
+
+    from gradvet._render import print_uncut, render_report
 
     meta = run.meta
     console.print(
         f"[bold]{record}[/]: model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
     )
-    print_uncut(console, run.report())
+    print_uncut(console, Group(*render_report(run.report(), full=full)))
 
 
 @app.command()

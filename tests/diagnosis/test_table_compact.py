@@ -78,3 +78,25 @@ def test_a_run_that_ends_in_nan_shows_its_last_finite_values_and_says_when_it_br
     for name in ("0", "2"):
         assert report.layer(name).signal_norm == float(s.values[3, names.index(name)])
     assert "non-finite (NaN/Inf) from step 4" in str(report)
+
+
+def test_show_all_prints_every_layer(tmp_path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    import gradvet
+    from gradvet.cli import app
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(8, 8)) for _ in range(45)])
+    for block in model:
+        torch.nn.init.orthogonal_(block[0].weight)  # a healthy linear stack: no finding keeps a layer apart
+    path = tmp_path / "r.gradvet"
+    with gradvet.Monitor(model, record=path, profile="full") as mon:
+        loss = model(torch.randn(32, 8)).square().mean()
+        loss.backward()
+        mon.step(loss)
+    compact = CliRunner().invoke(app, ["show", str(path)]).output
+    full = CliRunner().invoke(app, ["show", "--all", str(path)]).output
+    assert "│ {1..43}.0 " in compact and "│ 13.0 " not in compact and "│ 0.0 " in compact and "│ 44.0 " in compact
+    assert all(f"│ {i}.0 " in full for i in range(45)) and "{1..43}" not in full
