@@ -17,6 +17,7 @@ from gradvet.html._data import (
     applicable,
     layer_label,
     layer_matrix,
+    nonfinite_cells,
     param_grad_by_layer,
     pick_rows,
     recurrent_profiles,
@@ -27,6 +28,7 @@ from gradvet.html._data import (
 from gradvet.html._plots import heatmap_chart, lines_chart
 from gradvet.html._svg import PALETTE, Chart
 from gradvet.record._run import Run
+from gradvet.report import nonfinite_from
 
 
 def _step_colors(k: int) -> list[str]:
@@ -35,8 +37,32 @@ def _step_colors(k: int) -> list[str]:
     return [to_hex(cmap(v)) for v in np.linspace(0.45, 0.95, k)] if k > 1 else [to_hex(cmap(0.9))]
 
 
+def _nonfinite_marker(run: Run) -> Optional[tuple[float, str]]:
+    """``(step, label)`` of the step from which the run stayed NaN/Inf, or None."""
+    start = nonfinite_from(run)
+    return None if start is None else (float(start), f"NaN/Inf from step {start}")
+
+
+def _nonfinite_note(run: Run) -> str:
+    start = nonfinite_from(run)
+    return "" if start is None else f" From step {start} on, the run's values are NaN/Inf: those steps are not drawn."
+
+
+def _finite_rows(run: Run, steps: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Indices of the rows holding a finite value, before the run went NaN/Inf where it did
+    (statistics of NaN outputs, like 0% saturated, describe nothing)."""
+    ok = np.isfinite(m).any(axis=1)
+    start = nonfinite_from(run)
+    before = ok & (np.asarray(steps) < start) if start is not None else ok
+    return np.where(before if before.any() else ok)[0]
+
+
+def _step_span(run: Run) -> Optional[tuple[float, float]]:
+    return (float(run.steps[0]), float(run.steps[-1])) if len(run.steps) else None
+
+
 def loss_chart(run: Run, name: str = "loss") -> Optional[Chart]:
-    """Training loss per optimizer step (log scale when it spans decades)."""
+    """Training loss per optimizer step (log scale when it spans decades), the step the run went NaN/Inf marked."""
     steps, loss = run.steps, run.loss.astype(np.float64)
     if len(steps) == 0:
         return None
@@ -45,7 +71,7 @@ def loss_chart(run: Run, name: str = "loss") -> Optional[Chart]:
     note = f" {bad} step(s) had a non-finite loss and are not drawn." if bad else ""
     return lines_chart(
         name, "Training loss", {"loss": (steps, loss)}, xlabel="optimizer step", ylabel="loss" + (" (log)" if logy else ""),
-        logy=logy, colors=[PALETTE[0]],
+        logy=logy, colors=[PALETTE[0]], vline=_nonfinite_marker(run), xspan=_step_span(run),
         caption="The loss passed to monitor.step at each optimizer step. A flat line from the start means the "
         "network is not learning; a jump to the top, or a gap, means it blew up." + note,
     )
@@ -58,7 +84,8 @@ def gradient_flow_chart(run: Run, name: str = "gradient-flow") -> Optional[Chart
     if got is None:
         return None
     steps, m = got
-    rows = pick_rows(steps)
+    ok = _finite_rows(run, steps, m)  # a NaN step would be a legend entry with no line
+    rows = [int(ok[r]) for r in pick_rows(steps[ok])]
     x = np.arange(len(layers))
     lines = {f"step {int(steps[r])}": (x, m[r]) for r in rows}
     return lines_chart(
@@ -67,7 +94,8 @@ def gradient_flow_chart(run: Run, name: str = "gradient-flow") -> Optional[Chart
         xticklabels=[layer_label(x) for x in layers], colors=_step_colors(len(lines)), markers=True,
         caption="Each line is one training step: the per-element size of the gradient arriving at each layer's "
         "output. A healthy network keeps it within about one decade from output to input; a line that falls "
-        "by many decades towards the input is vanishing gradients, one that rises is exploding gradients.",
+        "by many decades towards the input is vanishing gradients, one that rises is exploding gradients."
+        + _nonfinite_note(run),
     )
 
 
@@ -83,13 +111,16 @@ def signal_heatmap(run: Run, name: str = "signal-heatmap") -> Optional[Chart]:
     if got is None:
         return None
     steps, m = got
+    bad = nonfinite_cells(run, steps, m, "layer/grad_nonfinite", [[x["index"]] for x in layers])
     return heatmap_chart(
         name, "Gradient signal per layer over training", _log10(m).T, row_labels=[layer_label(x) for x in layers],
-        x_extent=(float(steps[0]), float(steps[-1])), xlabel="optimizer step", ylabel="layer (input at top)",
+        x_steps=steps, nonfinite=bad.T, vline=_nonfinite_marker(run),
+        xlabel="optimizer step", ylabel="layer (input at top)",
         cbar_label="log10 RMS of dL/d(layer output)",
         caption="Rows are layers (input side at the top), columns are measured steps, colour is the gradient "
         "signal in powers of ten. Dark rows near the top are layers the gradient barely reaches; a colour change "
-        "over time shows the flow improving or degrading as training goes on. Grey: not measured or zero.",
+        "over time shows the flow improving or degrading as training goes on. Grey: not measured or zero; "
+        "red: NaN/Inf.",
     )
 
 
@@ -100,12 +131,14 @@ def grad_w_heatmap(run: Run, name: str = "gradw-heatmap") -> Optional[Chart]:
     if got is None:
         return None
     steps, m = got
+    bad = nonfinite_cells(run, steps, m, "param/grad_nonfinite", [list(x.get("params", [])) for x in layers])
     return heatmap_chart(
         name, "Parameter gradient norm |grad W| per layer over training", _log10(m).T,
-        row_labels=[layer_label(x) for x in layers], x_extent=(float(steps[0]), float(steps[-1])),
+        row_labels=[layer_label(x) for x in layers], x_steps=steps, nonfinite=bad.T, vline=_nonfinite_marker(run),
         xlabel="optimizer step", ylabel="layer (input at top)", cbar_label="log10 ‖∂L/∂W‖ (weights and biases)",
         caption="The L2 norm of the gradient of each layer's own parameters, every step. This is what the "
-        "optimizer sees: a layer whose row stays many decades below the others is barely trained.",
+        "optimizer sees: a layer whose row stays many decades below the others is barely trained. Grey: not "
+        "measured or zero; red: NaN/Inf.",
     )
 
 
@@ -122,11 +155,13 @@ def update_ratio_chart(run: Run, name: str = "update-ratio") -> Optional[Chart]:
     return lines_chart(
         name, "Update size relative to weight size", lines, xlabel="optimizer step",
         ylabel="‖ΔW‖ / ‖W‖ per update (log)", logy=True, hline=(1e-3, "1e-3 rule of thumb"),
+        vline=_nonfinite_marker(run), xspan=_step_span(run),
         colorbar=("layer position (0 = input side)", 0, len(lines) - 1) if many else None,
         colors=None if many else [PALETTE[i % len(PALETTE)] for i in range(len(lines))],
         caption="How far each optimizer step moves each layer's weights, relative to their size. Around 1e-3 "
         "is typical of healthy SGD training; layers far below it are stalled, ratios near 1 rewrite the layer "
-        "every step." + (" Line colour goes from the input side (dark) to the output side (yellow)." if many else ""),
+        "every step." + (" Line colour goes from the input side (dark) to the output side (yellow)." if many else "")
+        + _nonfinite_note(run),
     )
 
 
@@ -147,7 +182,10 @@ def activation_chart(run: Run, name: str = "activations") -> Optional[Chart]:
         if got is None or not mask.any():
             continue
         steps, m = got
-        for color, r in zip(palette, (0, len(steps) - 1)):
+        ok = _finite_rows(run, steps, np.where(mask, m, np.nan))
+        if not len(ok):
+            continue
+        for color, r in zip(palette, sorted({int(ok[0]), int(ok[-1])})):
             lines[f"{word}, step {int(steps[r])}"] = (x, np.where(mask, 100 * m[r], np.nan))
             colors.append(color)
     if not lines:
@@ -159,7 +197,7 @@ def activation_chart(run: Run, name: str = "activations") -> Optional[Chart]:
         caption="Saturated (sigmoid/tanh family): the share of outputs where the activation's derivative is "
         "below 10% of its maximum, so little gradient passes. Dead (ReLU): the share of units that output "
         "zero for every example of the batch, so no gradient passes at all. Lighter colour: first measured "
-        "step; darker: last.",
+        "step; darker: last." + _nonfinite_note(run),
     )
 
 
@@ -171,7 +209,8 @@ def time_profile_chart(run: Run, name: str = "time-profile") -> Optional[Chart]:
     lines = {}
     colors = []
     for layer, (steps, m) in profiles.items():
-        rows = pick_rows(steps)
+        ok = _finite_rows(run, steps, m)
+        rows = [int(ok[r]) for r in pick_rows(steps[ok])]
         for c, r in zip(_step_colors(len(rows)), rows):
             t = np.arange(m.shape[1])
             lines[f"{layer}, step {int(steps[r])}"] = (t, m[r])
@@ -181,7 +220,7 @@ def time_profile_chart(run: Run, name: str = "time-profile") -> Optional[Chart]:
         ylabel="‖dL/dx_t‖ (log)", logy=True, colors=colors,
         caption="For each recurrent layer, the norm of the loss gradient with respect to the input at each time "
         "step. With the loss on the last step, a curve that falls steeply towards t = 0 means early inputs "
-        "cannot influence learning (vanishing gradients through time).",
+        "cannot influence learning (vanishing gradients through time)." + _nonfinite_note(run),
     )
 
 

@@ -90,7 +90,10 @@ def update_ratio_by_layer(run: Run, layers: list[Layer]) -> Optional[tuple[np.nd
     row_of = {int(s): i for i, s in enumerate(pn.steps)}
     rows = [row_of.get(int(s), -1) for s in upd.steps]
     w = np.where(np.array(rows)[:, None] >= 0, pn.values[rows], np.nan).astype(np.float64)
-    delta = upd.values.astype(np.float64) * w
+    r = upd.values.astype(np.float64)
+    # a parameter that moved from exactly zero has ratio inf and norm 0: its step is unknown (NaN), not inf * 0
+    known = ~(np.isinf(r) & (w == 0))
+    delta = np.multiply(r, w, out=np.full(r.shape, np.nan), where=known)
     cols = []
     for x in layers:
         idx = x.get("params", [])
@@ -135,3 +138,44 @@ def downsample(x: np.ndarray, y: np.ndarray, limit: int = 1500) -> tuple[np.ndar
 def layer_label(layer: Layer) -> str:
     """Short display name: the module name (``(model)`` for the root)."""
     return layer.get("name") or "(model)"
+
+
+def _counts_at(run: Run, metric: str, steps: np.ndarray) -> Optional[np.ndarray]:
+    """Rows of ``metric`` at ``steps`` (NaN where that step was not recorded), or None."""
+    s = run.get(metric)
+    if s is None or len(s.steps) == 0 or s.values.ndim != 2:
+        return None
+    row_of = {int(t): i for i, t in enumerate(s.steps)}
+    out = np.full((len(steps), s.values.shape[1]), np.nan)
+    for i, t in enumerate(steps):
+        j = row_of.get(int(t))
+        if j is not None:
+            out[i] = s.values[j]
+    return out
+
+
+def nonfinite_cells(
+    run: Run, steps: np.ndarray, values: np.ndarray, counts_metric: str, columns: list[list[int]]
+) -> np.ndarray:
+    """``[n, L]`` mask of the cells whose measured value was NaN/Inf (not: not measured).
+
+    A cell is non-finite when its value is infinite, or when ``counts_metric`` (a count of
+    non-finite entries, e.g. ``layer/grad_nonfinite``) is positive in any of its ``columns``
+    at that step. Without the counts, a NaN from the run's final non-finite stretch on counts.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    mask = np.isinf(v)
+    counts = _counts_at(run, counts_metric, steps)
+    if counts is not None:
+        width = counts.shape[1]
+        for j, cols in enumerate(columns):
+            cols = [c for c in cols if c < width]
+            if cols:
+                mask[:, j] |= (np.nan_to_num(counts[:, cols], nan=0.0) > 0).any(axis=1)
+        return mask
+    from gradvet.report import nonfinite_from
+
+    start = nonfinite_from(run)
+    if start is not None:
+        mask |= np.isnan(v) & (np.asarray(steps) >= start)[:, None]
+    return mask

@@ -24,6 +24,10 @@ from cycler import cycler  # noqa: E402
 
 #: One palette for every chart: colour-blind friendly (Okabe & Ito, 2008).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+#: Heatmap cells that were not measured (or are zero on a log scale).
+MISSING = "#d9d9d9"
+#: Values that were NaN/Inf: heatmap cells and the marker of the step a run went non-finite.
+NONFINITE = "#e41a1c"
 
 _STYLE: dict[str, Any] = {
     "font.family": "sans-serif",
