@@ -195,3 +195,28 @@ def test_report_warns_nothing(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, "report", str(path), "-o", str(tmp_path / "z.html")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
+class TanhGELU(nn.Module):
+    """A GELU written out, as Hugging Face's ``NewGELUActivation`` is: no torch activation module or function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * x.pow(3))))
+
+
+def test_no_activation_note_names_the_modules_it_did_not_recognise(tmp_path: Path) -> None:
+    from html import unescape
+
+    from gradvet.html import render_report
+
+    model = nn.Sequential(nn.Linear(4, 8), TanhGELU(), nn.Linear(8, 8), TanhGELU(), nn.Linear(8, 1))
+    with gradvet.Monitor(model, record=tmp_path / "g.gradvet", profile="full") as monitor:
+        for _ in range(2):
+            model.zero_grad()
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            monitor.step(loss)
+    html = unescape(render_report(gradvet.load(tmp_path / "g.gradvet")))
+    section = html[html.index('id="activations"'):html.index('id="time"')]
+    assert "no activation layers" not in section
+    assert "does not recognise as activations: TanhGELU (×2)." in section

@@ -32,9 +32,25 @@ _SECTIONS = (
     ("gradw", "Parameter gradients over training", grad_w_heatmap, "No parameter gradient norms were recorded."),
     ("updates", "Update / weight ratios", update_ratio_chart,
      "No update ratios were recorded (pass optimizer= to the Monitor)."),
-    ("activations", "Saturated and dead units", activation_chart, "This model has no activation layers gradvet can see."),
+    ("activations", "Saturated and dead units", activation_chart,
+     "gradvet found no activation it measures: a torch.nn activation module (nn.ReLU, nn.GELU...) or a "
+     "torch.nn.functional activation applied to a Linear/Conv output."),
     ("time", "Gradient through time", time_profile_chart, "This model has no recurrent (RNN/LSTM/GRU) layers."),
 )
+
+
+def _unrecognised(run: Run) -> str:
+    """The parameter-free modules gradvet saw but does not read as activations (a custom GELU module
+    computes its own formula), counted by type."""
+    counts: dict[str, int] = {}
+    for layer in run.ordered_layers():
+        if layer.get("role") == "other" and layer.get("name") and not layer.get("params"):
+            counts[layer.get("type", "?")] = counts.get(layer.get("type", "?"), 0) + 1
+    if not counts:
+        return ""
+    seen = ", ".join(f"{t} (×{n})" if n > 1 else t for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f" Modules without parameters that it saw but does not recognise as activations: {seen}. An "
+            "activation among them is not measured here.")
 
 
 def _meta_html(run: Run, report: Any) -> str:
@@ -74,6 +90,7 @@ def render_report(run: Run, title: str = "gradvet report") -> str:
     for anchor, heading, fn, note in _SECTIONS:
         chart = fn(run)
         if chart is None:
+            note += _unrecognised(run) if anchor == "activations" else ""
             parts.append(section(anchor, heading, missing(note)))
         else:
             parts.append(section(anchor, chart.title, chart.html(heading=False)))
