@@ -227,7 +227,7 @@ def test_every_catalogue_id_is_a_model_remedy_or_a_training_loop_change() -> Non
     from gradvet.diagnosis._prescribe import CATALOGUE
     from gradvet.remedies import MODEL_REMEDIES
 
-    loop_only = {"clip:agc", "clip:autoclip", "clip:norm", "clip:value", "data:normalize",
+    loop_only = {"clip:agc", "clip:autoclip", "clip:norm", "clip:value", "data:filter_nonfinite", "data:normalize",
                  "lr:lower", "optim:adagrad", "optim:adam", "optim:param_groups", "optim:rmsprop", "skip_nonfinite"}
     assert set(MODEL_REMEDIES) <= set(CATALOGUE)
     assert set(CATALOGUE) - set(MODEL_REMEDIES) == loop_only
