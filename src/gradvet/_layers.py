@@ -56,6 +56,7 @@ class LayerInfo:
     channel_first: bool = False
     time_dim: Optional[int] = None
     graph: dict = field(default_factory=dict)
+    tied_to: str = ""
 
     def to_dict(self) -> dict:
         out = {
@@ -68,6 +69,8 @@ class LayerInfo:
         }
         if self.graph:
             out["graph"] = dict(self.graph)
+        if self.tied_to:
+            out["tied_to"] = self.tied_to
         return out
 
 
@@ -106,18 +109,21 @@ def discover_layers(
     infos: list[LayerInfo] = []
     modules: list[nn.Module] = []
     kinds: list[Optional[ActivationKind]] = []
-    seen: set[int] = set()
+    seen: dict[int, str] = {}  # parameter index -> the first module that owns it
     for name, mod in model.named_modules():
         own = [p for p in mod.parameters(recurse=False)]
         kind = activation_kind(mod)
         if not own and kind is None and not _is_other_layer(mod):
             continue
         idx = []
+        tied = ""
         for p in own:
             i = param_index.get(id(p))
             if i is not None and i not in seen:
-                seen.add(i)
+                seen[i] = name
                 idx.append(i)
+            elif i is not None and not tied:
+                tied = seen[i]
         if isinstance(mod, nn.RNNBase):
             role = "recurrent"
         elif kind is not None and not own:
@@ -133,6 +139,7 @@ def discover_layers(
             activation=kind.name if kind is not None else "",
             params=idx,
             channel_first=isinstance(mod, _CHANNEL_FIRST),
+            tied_to=tied,
         )
         if isinstance(mod, nn.RNNBase):
             info.time_dim = 1 if mod.batch_first else 0

@@ -148,7 +148,8 @@ def layer_table(report: Any, full: bool = False) -> Table:
         sig = r.median("signal_norm")
         row: list[Any] = [r.name, x.type, x.activation or "", _fmt(sig), _bar(sig, lo, hi)]
         row += [r.span("signal_norm")] if grouped else []
-        row += [_fmt(r.median("signal_rms")), _fmt(r.median("grad_norm"))]
+        gw = f"tied: {x.tied_to}" if x.tied_to and r.median("grad_norm") is None else _fmt(r.median("grad_norm"))
+        row += [_fmt(r.median("signal_rms")), gw]
         row += [_fmt(r.median("update_ratio"))] if has_upd else []
         row += [_fmt(r.median("sat_frac"), True) if act else "", _fmt(r.median("dead_frac"), True) if act else ""]
         table.add_row(*row)

@@ -43,6 +43,7 @@ class LayerReport:
         sat_frac: fraction of saturated outputs.
         dead_frac: fraction of dead units (ReLU family).
         time_profile: ||dL/d x_t|| per input time step (recurrent layers).
+        tied_to: the module that owns this layer's (shared) parameters, whose ``grad_norm`` counts them.
     """
 
     name: str
@@ -59,6 +60,7 @@ class LayerReport:
     sat_frac: Optional[float] = None
     dead_frac: Optional[float] = None
     time_profile: Optional[list[float]] = None
+    tied_to: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,7 +207,8 @@ def layer_reports(run: Run) -> list[LayerReport]:
     out = []
     for layer in run.ordered_layers():
         i, idx = layer["index"], layer.get("params", [])
-        rep = LayerReport(layer["name"], layer["type"], layer["role"], layer.get("activation", ""))
+        rep = LayerReport(layer["name"], layer["type"], layer["role"], layer.get("activation", ""),
+                          tied_to=layer.get("tied_to", ""))
         rep.grad_norm = _layer_param_norm(gn, idx)
         rep.param_norm = _layer_param_norm(pn, idx)
         for attr, key in (("signal_norm", "grad_norm"), ("signal_rms", "grad_rms"), ("act_mean", "act_mean"),

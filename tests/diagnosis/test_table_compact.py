@@ -2,6 +2,8 @@
 
 import statistics
 
+import pytest
+
 from gradvet._render import COMPACT_ABOVE, layer_table, table_rows, to_text
 from gradvet.findings import Finding
 from gradvet.report import LayerReport, Report
@@ -100,3 +102,35 @@ def test_show_all_prints_every_layer(tmp_path) -> None:
     full = CliRunner().invoke(app, ["show", "--all", str(path)]).output
     assert "│ {1..43}.0 " in compact and "│ 13.0 " not in compact and "│ 0.0 " in compact and "│ 44.0 " in compact
     assert all(f"│ {i}.0 " in full for i in range(45)) and "{1..43}" not in full
+
+
+def test_a_tied_head_says_whose_gradient_counts_its_weight() -> None:
+    import torch
+
+    import gradvet
+    from gradvet.html import layer_table_html
+
+    class LM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = torch.nn.Embedding(20, 8)
+            self.mid = torch.nn.Linear(8, 8)
+            self.head = torch.nn.Linear(8, 20, bias=False)
+            self.head.weight = self.wte.weight  # tied, as language models do
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(self.mid(self.wte(ids))))
+
+    model = LM()
+    ids = torch.randint(0, 20, (4, 6))
+    report = gradvet.check(
+        model, (ids, ids), lambda out, t: torch.nn.functional.cross_entropy(out.flatten(0, 1), t.flatten())
+    )
+    head, wte = report.layer("head"), report.layer("wte")
+    assert head.tied_to == "wte" and head.grad_norm is None and wte.tied_to == ""
+    # the shared weight's gradient (both uses) is counted once, at its owner: plain autograd agrees
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+    assert wte.grad_norm == pytest.approx(float(model.wte.weight.grad.norm()), rel=1e-5)
+    assert "tied: wte" in to_text(report.table(), width=200)
+    assert "tied to <code>wte</code>" in layer_table_html(report.layers)

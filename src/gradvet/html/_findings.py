@@ -57,7 +57,10 @@ def layer_table_html(layers: list[Any]) -> str:
             continue
         cells = (
             f"<code>{escape(x.name or '(model)')}</code>", escape(x.type), escape(x.activation or ""),
-            _num(x.signal_rms), _num(x.grad_norm), _num(x.update_ratio),
+            _num(x.signal_rms),
+            f"tied to <code>{escape(x.tied_to)}</code>" if getattr(x, "tied_to", "") and x.grad_norm is None
+            else _num(x.grad_norm),
+            _num(x.update_ratio),
             _num(x.sat_frac, True) if _applies(x, "sat_frac") else "",
             _num(x.dead_frac, True) if _applies(x, "dead_frac") else "",
         )
