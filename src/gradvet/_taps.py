@@ -178,6 +178,11 @@ class LayerTaps:
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._calls = [0] * len(self.infos)
         self._hooked = set()
+        if self.structure_pending:
+            # the graph is read from the last forward before the step: holding the nodes of earlier
+            # ones (micro-batches, a forward never followed by a step) would keep their graphs alive
+            self._sources = []
+            self._nodes = {}
         if self._measuring() and self._mode is None:
             self._mode = _FunctionalActivations(self)
             self._mode.__enter__()
