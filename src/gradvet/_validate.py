@@ -67,3 +67,50 @@ def split_batch(batch: Any, who: str) -> tuple[Any, Any]:
             f"got {got}"
         )
     return batch[0], batch[1]
+
+
+def require_grad_mode(who: str) -> None:
+    """Refuse to run under ``torch.no_grad()`` / ``torch.inference_mode()``: backward needs a graph."""
+    if torch.is_grad_enabled():
+        return
+    if torch.is_inference_mode_enabled():
+        mode, fix = "torch.inference_mode()", "call it outside the inference_mode block"
+    else:
+        mode, fix = "torch.no_grad()", "call it outside that block, or wrap the call in torch.enable_grad()"
+    raise ValueError(
+        f"{who} was called inside {mode}, so the model builds no autograd graph and there are no "
+        f"gradients to measure; {fix}"
+    )
+
+
+def require_materialized(model: nn.Module, who: str) -> None:
+    """Refuse parameters or buffers on the ``meta`` device: they hold no values to measure."""
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        more = f" and {len(meta) - 3} more" if len(meta) > 3 else ""
+        raise ValueError(
+            f"{who}: {type(model).__name__} has tensors on the 'meta' device ({', '.join(meta[:3])}{more}), "
+            "which hold no values; materialise the model first, e.g. model.to_empty(device='cpu'), then "
+            "load or initialise its weights"
+        )
+
+
+def _empty_part(name: str, value: Any) -> str | None:
+    """How ``value`` (inputs or targets, or a dict entry of them) holds no samples; None if it has some."""
+    if isinstance(value, torch.Tensor):
+        return f"{name} has shape {tuple(value.shape)}" if value.dim() > 0 and value.shape[0] == 0 else None
+    if isinstance(value, (dict, tuple, list)) and len(value) == 0:
+        return f"{name} is an empty {type(value).__name__}"
+    if isinstance(value, dict):
+        return next((e for k, v in value.items() if (e := _empty_part(f"{name}[{k!r}]", v))), None)
+    return None
+
+
+def require_nonempty_batch(inputs: Any, targets: Any, who: str) -> None:
+    """Refuse a batch with no samples: the loss is NaN or 0 and every gradient is zero, which is not health."""
+    empty = _empty_part("inputs", inputs) or _empty_part("targets", targets)
+    if empty:
+        raise ValueError(
+            f"{who}: the batch is empty ({empty}: 0 samples), so there is nothing to measure; pass a batch "
+            "with at least one sample, e.g. next(iter(loader))"
+        )

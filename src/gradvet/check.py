@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradvet._validate import require_module, split_batch, trainable_parameters
+from gradvet._validate import (
+    require_grad_mode,
+    require_materialized,
+    require_module,
+    require_nonempty_batch,
+    split_batch,
+    trainable_parameters,
+)
 from gradvet.config import PROFILES, ProfileLike, resolve_profile
 from gradvet.monitor import Monitor
 
@@ -83,7 +90,8 @@ def check(
     Raises:
         TypeError: ``model`` is not a module, ``batch`` is not ``(inputs, targets)``, or
             ``loss_fn`` is not callable.
-        ValueError: no trainable parameters, or the loss is not a scalar.
+        ValueError: no trainable parameters, parameters on the ``meta`` device, an empty batch,
+            a call inside ``torch.no_grad()``/``torch.inference_mode()``, or the loss is not a scalar.
 
     Example:
         >>> import torch, gradvet
@@ -95,8 +103,11 @@ def check(
         ['vanishing_gradients']
     """
     require_module(model, "check")
+    require_grad_mode("check")
     trainable_parameters(model, "check")
+    require_materialized(model, "check")
     inputs, targets = split_batch(batch, "check")
+    require_nonempty_batch(inputs, targets, "check")
     if not callable(loss_fn):
         raise TypeError(f"check: loss_fn must be callable as loss_fn(model(inputs), targets), got {type(loss_fn).__name__}")
     if not isinstance(passes, int) or passes < 1:

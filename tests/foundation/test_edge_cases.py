@@ -1,0 +1,101 @@
+"""Issue 15, section 4: ``check`` and ``Monitor`` refuse or warn on careless uses, with the fix."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradvet
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, 4), torch.randint(0, 3, (n,))
+
+
+def _state(model: nn.Module) -> dict:
+    return {
+        "sd": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": [p.grad for p in model.parameters()],
+        "modes": [m.training for m in model.modules()],
+    }
+
+
+def _assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = _state(model)
+    assert before["sd"].keys() == after["sd"].keys()
+    for k, v in before["sd"].items():
+        assert torch.equal(v, after["sd"][k]), k
+    assert all(a is b for a, b in zip(before["grads"], after["grads"]))
+    assert before["modes"] == after["modes"]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_check_under_no_grad_says_so(mode) -> None:
+    model = _model().eval()
+    before = _state(model)
+    with mode(), pytest.raises(ValueError, match=r"inside torch\.(no_grad|inference_mode)\(\)") as err:
+        gradvet.check(model, _batch(), nn.functional.cross_entropy)
+    assert "does not require grad" not in str(err.value)
+    assert "outside" in str(err.value)
+    _assert_unchanged(model, before)
+
+
+def test_check_under_no_grad_with_enable_grad_works() -> None:
+    with torch.no_grad(), torch.enable_grad():
+        report = gradvet.check(_model(), _batch(), nn.functional.cross_entropy)
+    assert report is not None
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        (torch.randn(0, 4), torch.randint(0, 3, (0,))),
+        (torch.randn(8, 4), torch.randint(0, 3, (0,))),
+        ({}, torch.randint(0, 3, (8,))),
+    ],
+    ids=["zero-samples", "zero-targets", "empty-dict"],
+)
+def test_check_refuses_an_empty_batch(batch) -> None:
+    model = _model()
+    before = _state(model)
+    with pytest.raises(ValueError, match="batch is empty"):
+        gradvet.check(model, batch, nn.functional.cross_entropy)
+    _assert_unchanged(model, before)
+
+
+def test_check_refuses_an_empty_dict_entry() -> None:
+    class Keyed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    with pytest.raises(ValueError, match=r"inputs\['x'\] has shape \(0, 4\)"):
+        gradvet.check(Keyed(), ({"x": torch.randn(0, 4)}, torch.randint(0, 3, (0,))), nn.functional.cross_entropy)
+
+
+def test_check_refuses_a_meta_device_model() -> None:
+    with torch.device("meta"):
+        model = _model()
+    with pytest.raises(ValueError, match="'meta' device.*to_empty"):
+        gradvet.check(model, _batch(), nn.functional.cross_entropy)
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_check_still_works_and_restores() -> None:
+    model = _model()
+    before = _state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradvet.check(model, _batch(), nn.functional.cross_entropy)
+    _assert_unchanged(model, before)
