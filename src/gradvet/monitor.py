@@ -112,6 +112,14 @@ class Monitor:
             self.config = self.config.replace(**overrides)
         self.optimizer, self.scaler = optimizer, scaler
         self.param_names, self.parameters, self.frozen = trainable_parameters(model, "Monitor")
+        if optimizer is not None and not self._opt_params():
+            warnings.warn(
+                f"Monitor(optimizer=...): the optimizer's param groups hold none of the {len(self.parameters)} "
+                f"trainable parameters of {type(model).__name__}, so no update ratio can be measured; pass the "
+                "optimizer built from this model's parameters",
+                UserWarning,
+                stacklevel=2,
+            )
         self._dist = _distributed.resolve(distributed, model, self.parameters)
         self._param_index = {id(p): i for i, p in enumerate(self.parameters)}
         infos, modules, kinds = discover_layers(model, self._param_index)
@@ -141,6 +149,9 @@ class Monitor:
         # the monitor step from which the next closure step is due for a ratio (update_every)
         self._closure_from: Optional[int] = None
         self._closure_next = 0
+        # monitor.step() calls since the last optimizer.step(), and optimizer steps in a row that saw
+        # several (a lone one is an AMP step the scaler skipped, not a second call per step)
+        self._calls_since_opt, self._multi_in_a_row, self._warned_multi = 0, 0, False
         # ||W|| per parameter measured by the last step() (None if it skipped them)
         self._weight_norms: Optional[Tensor] = None
         self._meta = self._static_meta()
@@ -255,6 +266,7 @@ class Monitor:
                 "the with block (or call monitor.__enter__() first)"
             )
         loss_t = scalar_loss(loss, "monitor.step")
+        self._calls_since_opt += 1
         # the graph is read from the loss when it has one (a model may return more than the loss uses)
         self._loss_node = getattr(loss, "grad_fn", None) if self._taps.structure_pending else None
         s = self._step
@@ -364,9 +376,25 @@ class Monitor:
         ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         return [(i, p) for i, p in enumerate(self.parameters) if id(p) in ids]
 
+    def _count_calls(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Warn once when monitor.step() runs several times per optimizer step (not under a closure)."""
+        calls = self._calls_since_opt
+        closure = _has_closure(optimizer, args, kwargs)  # LBFGS calls its closure, and step(), many times
+        self._multi_in_a_row = self._multi_in_a_row + 1 if calls > 1 and not closure else 0
+        if self._multi_in_a_row >= 2 and not self._warned_multi:
+            self._warned_multi = True
+            warnings.warn(
+                f"monitor.step() was called {calls} times for 1 optimizer step (step {self._step}); gradvet "
+                "counts each call as an optimizer step. Call it once per optimizer.step(), after the last "
+                "backward() of the step (with gradient accumulation: once per accumulated step)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
     def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._entered:
             return
+        self._count_calls(optimizer, args, kwargs)
         self._closure_from = None
         if self._update_step is None:
             # optimizer.step(closure) (Lightning, LBFGS): monitor.step() runs inside the
@@ -383,6 +411,7 @@ class Monitor:
             log.warning("gradvet: update snapshot failed: %s", e)
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._calls_since_opt = 0
         s, before, first = self._update_step, self._before, self._closure_from
         self._update_step, self._before, self._closure_from = None, None, None
         if first is not None:

@@ -99,3 +99,74 @@ def test_check_still_works_and_restores() -> None:
         warnings.simplefilter("error")
         gradvet.check(model, _batch(), nn.functional.cross_entropy)
     _assert_unchanged(model, before)
+
+
+def _train(monitor_calls: list[int], *, opt_model: nn.Module | None = None) -> list[warnings.WarningMessage]:
+    """Optimizer steps with ``monitor_calls[i]`` monitor.step() calls before the i-th; the warnings."""
+    model = _model()
+    opt = torch.optim.SGD((opt_model or model).parameters(), lr=0.01)
+    x, y = _batch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradvet.Monitor(model, optimizer=opt) as monitor:
+            for calls in monitor_calls:
+                opt.zero_grad()
+                for _ in range(calls):
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    loss.backward()
+                    monitor.step(loss)
+                opt.step()
+    return list(caught)
+
+
+def _step_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "monitor.step() was called" in str(w.message)]
+
+
+def test_step_called_twice_per_optimizer_step_warns_once_with_counts() -> None:
+    found = _step_warnings(_train([2, 2, 2, 2]))
+    assert len(found) == 1
+    assert "called 2 times for 1 optimizer step" in found[0]
+
+
+def test_one_step_per_optimizer_step_does_not_warn() -> None:
+    assert _step_warnings(_train([1, 1, 1])) == []
+
+
+def test_a_lone_extra_call_does_not_warn() -> None:
+    # an AMP step the GradScaler skipped (optimizer.step() not run) looks like this
+    assert _step_warnings(_train([3, 1, 1, 2, 1])) == []
+
+
+def test_closure_steps_do_not_warn() -> None:
+    model = _model()
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=4)
+    x, y = _batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with gradvet.Monitor(model, optimizer=opt) as monitor:
+            for _ in range(3):
+
+                def closure() -> torch.Tensor:
+                    opt.zero_grad()
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    loss.backward()
+                    monitor.step(loss)
+                    return loss
+
+                opt.step(closure)
+
+
+def test_optimizer_over_another_model_warns_at_construction() -> None:
+    model, other = _model(), _model()
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="hold none of the 6 trainable parameters"):
+        gradvet.Monitor(model, optimizer=opt)
+
+
+def test_optimizer_over_some_parameters_does_not_warn() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradvet.Monitor(model, optimizer=opt)
