@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,35 @@ _UNBOUNDED = 100_000  # columns offered when measuring a table's natural width
 COMPACT_ABOVE = 40
 #: a repeated position is grouped when this many blocks share it
 GROUP_MIN = 3
+
+
+# terminal escape sequences (CSI, OSC up to BEL/ST, and the two-byte ones, 7- and 8-bit), then any other
+# control character: a module name must not clear the screen, retitle the window or hide a hyperlink
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|\x1b[@-_]?"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # newline and tab are kept
+
+
+def clean(s: Any) -> str:
+    r"""``s`` as a string with terminal escape sequences and control characters removed.
+
+    Example:
+        >>> clean("blk\x1b]0;pwned\x07.0\x1b[2J")
+        'blk.0'
+    """
+    return _CONTROL.sub("", _ESCAPES.sub("", str(s)))
+
+
+def plain(s: Any, style: str = "") -> Text:
+    """A user-supplied string (module name, class name, path) as literal text: never read as
+    rich markup (``[/]`` would raise, ``[bold red]x`` would style), control characters removed.
+
+    Example:
+        >>> plain("[bold red]x").plain
+        '[bold red]x'
+    """
+    return Text(clean(s), style=style)
 
 
 def _fmt(x: Optional[float], pct: bool = False) -> str:
@@ -146,9 +176,10 @@ def layer_table(report: Any, full: bool = False) -> Table:
         x = r.first
         act = bool(x.activation)
         sig = r.median("signal_norm")
-        row: list[Any] = [r.name, x.type, x.activation or "", _fmt(sig), _bar(sig, lo, hi)]
+        row: list[Any] = [plain(r.name), plain(x.type), plain(x.activation or ""), _fmt(sig), _bar(sig, lo, hi)]
         row += [r.span("signal_norm")] if grouped else []
-        gw = f"tied: {x.tied_to}" if x.tied_to and r.median("grad_norm") is None else _fmt(r.median("grad_norm"))
+        tied = x.tied_to and r.median("grad_norm") is None
+        gw = plain(f"tied: {x.tied_to}") if tied else _fmt(r.median("grad_norm"))
         row += [_fmt(r.median("signal_rms")), gw]
         row += [_fmt(r.median("update_ratio"))] if has_upd else []
         row += [_fmt(r.median("sat_frac"), True) if act else "", _fmt(r.median("dead_frac"), True) if act else ""]
@@ -159,17 +190,17 @@ def layer_table(report: Any, full: bool = False) -> Table:
 def finding_panel(f: Any) -> Panel:
     body = Text()
     body.append("layers: ", style="bold")
-    body.append(", ".join(f.layers) if f.layers else "(model)")
-    body.append("\n" + f.evidence + "\n")
+    body.append(clean(", ".join(f.layers)) if f.layers else "(model)")
+    body.append("\n" + clean(f.evidence) + "\n")
     if f.causes:
         body.append("likely causes:\n", style="bold")
         for c in f.causes:
-            body.append(f"  • {c.reason}\n")
+            body.append(f"  • {clean(c.reason)}\n")
     if f.remedies:
         body.append("prescription:\n", style="bold")
         for r in f.remedies:
-            body.append(f"  ➜ [{r.id}] {r.explanation}\n")
-    return Panel(body, title=f"{f.severity.upper()}: {f.kind}", border_style=_SEV_STYLE.get(f.severity, "white"))
+            body.append(f"  ➜ [{clean(r.id)}] {clean(r.explanation)}\n")
+    return Panel(body, title=plain(f"{f.severity.upper()}: {f.kind}"), border_style=_SEV_STYLE.get(f.severity, "white"))
 
 
 def render_report(report: Any, full: bool = False) -> Any:

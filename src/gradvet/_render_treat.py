@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from gradvet._render import to_text
+from gradvet._render import plain, to_text
 
 _OUTCOME_STYLE = {"kept": "green", "reverted": "yellow", "no change": "dim", "not applicable": "dim", "failed": "red"}
 
@@ -35,7 +35,7 @@ def attempts_table(result: Any) -> Table:
         shown = "; ".join(f"{c.module or '(root)'}: {c.old} -> {c.new}" for c in edits[:4])
         if len(edits) > 4:
             shown += f"; ... ({len(edits)} changes)"
-        table.add_row(a.remedy, Text(a.outcome, style=_OUTCOME_STYLE.get(a.outcome, "")), a.reason, shown)
+        table.add_row(plain(a.remedy), plain(a.outcome, _OUTCOME_STYLE.get(a.outcome, "")), plain(a.reason), plain(shown))
     return table
 
 
@@ -54,7 +54,7 @@ def before_after_table(result: Any) -> Table:
         change = ""
         if bv and av and bv > 0 and av > 0 and math.isfinite(bv) and math.isfinite(av):
             change = f"{math.log10(av / bv):+.1f} dec"
-        table.add_row(str(i), b.name if b else "", _sci(bv), a.name if a else "", _sci(av), change)
+        table.add_row(str(i), plain(b.name if b else ""), _sci(bv), plain(a.name if a else ""), _sci(av), change)
     return table
 
 
@@ -79,7 +79,7 @@ def time_table(result: Any) -> Optional[Table]:
         b, a = _first_vs_last(before.get(name) or []), _first_vs_last(after.get(name) or [])
         change = f"{math.log10(a / b):+.1f} dec" if a and b else ""
         steps = len(after.get(name) or before.get(name) or [])
-        table.add_row(name or "(root)", str(steps), _sci(b), _sci(a), change)
+        table.add_row(plain(name or "(root)"), str(steps), _sci(b), _sci(a), change)
     return table
 
 

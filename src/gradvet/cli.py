@@ -168,12 +168,12 @@ def show(
         return
     from rich.console import Group
 
-    from gradvet._render import print_uncut, render_report
+    from gradvet._render import clean, plain, print_uncut, render_report
 
     meta = run.meta
-    console.print(
-        f"[bold]{record}[/]: model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
-    )
+    console.print(plain(record, "bold") + clean(
+        f": model {meta.get('model')}, {len(run.steps)} steps, status {meta.get('status')}"
+    ))
     print_uncut(console, Group(*render_report(run.report(), full=full)))
 
 
@@ -200,7 +200,9 @@ def report(
         write_report(record, target)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    console.print(f"wrote {target}")
+    from gradvet._render import plain
+
+    console.print(plain(f"wrote {target}"))
 
 
 @app.command()
@@ -210,10 +212,11 @@ def lab(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Reproduce the classic vanishing/exploding-gradient experiments and write an HTML report."""
+    from gradvet._render import plain
     from gradvet.lab import run_lab
 
     path = run_lab(out, quick=quick, seed=seed, console=console)
-    console.print(f"lab report: {path}")
+    console.print(plain(f"lab report: {path}"))
 
 
 @app.command()
@@ -304,7 +307,9 @@ def treat(
 
         torch.save(result.model, out)
         if not as_json:
-            console.print(f"saved treated model to {out} (load with torch.load(path, weights_only=False))")
+            from gradvet._render import plain
+
+            console.print(plain(f"saved treated model to {out} (load with torch.load(path, weights_only=False))"))
     raise typer.Exit(0 if result.healthy else 1)
 
 

@@ -21,7 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradvet._render import print_uncut
+from gradvet._render import clean, plain, print_uncut
 from gradvet.html._data import layer_label, signal_layers
 from gradvet.record._run import Run
 
@@ -73,7 +73,7 @@ def _signal_table(run: Run) -> Optional[Table]:
             bar = Text("█" * max(1, round(30 * frac)), style=style)
         else:
             bar = Text("non-finite" if not math.isfinite(v) else "0", style="bold red")
-        table.add_row(layer_label(layer), f"{v:.2e}", bar)
+        table.add_row(plain(layer_label(layer)), f"{v:.2e}", bar)
     return table
 
 
@@ -89,7 +89,7 @@ def _findings(run: Run) -> Any:
     for f in report.findings:
         style = {"error": "bold red", "warning": "yellow"}.get(f.severity, "cyan")
         lines.append(f"{f.severity.upper()} {f.kind}: ", style=style)
-        lines.append(f.evidence + "\n")
+        lines.append(clean(f.evidence) + "\n")
     return lines
 
 
@@ -99,8 +99,8 @@ def render_frame(run: Run, path: PathLike = "") -> Group:
     loss = run.loss
     status = meta.get("status", "running")
     head = Text()
-    head.append(f"{path}  ", style="bold")
-    head.append(f"model {meta.get('model', '?')}  steps {len(run.steps)}  status {status}")
+    head.append(clean(f"{path}  "), style="bold")
+    head.append(clean(f"model {meta.get('model', '?')}  steps {len(run.steps)}  status {status}"))
     parts: list[Any] = [head]
     if len(loss):
         last = float(loss[-1])
@@ -127,9 +127,9 @@ def _frame(path: Path) -> tuple[Any, bool]:
     except ValueError as e:
         # The writer creates the file an instant before its tables: keep polling (and show
         # why) rather than end a live view the run is about to fill.
-        return Text(f"waiting for {path} to become a gradvet record ({e}) ...", style="dim"), False
+        return plain(f"waiting for {path} to become a gradvet record ({e}) ...", style="dim"), False
     if run is None:
-        return Text(f"waiting for {path} ...", style="dim"), False
+        return plain(f"waiting for {path} ...", style="dim"), False
     done = str(run.meta.get("status", "")).startswith(("finished", "crashed", "record write failed"))
     return render_frame(run, path), done
 
