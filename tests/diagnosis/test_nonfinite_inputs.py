@@ -100,7 +100,7 @@ def test_divergence_is_exploding_with_the_learning_rate_first_and_the_late_origi
     for x, y in batches:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if not np.isfinite(losses[-1]):
             break
         loss.backward()

@@ -136,8 +136,11 @@ def downsample(x: np.ndarray, y: np.ndarray, limit: int = 1500) -> tuple[np.ndar
 
 
 def layer_label(layer: Layer) -> str:
-    """Short display name: the module name (``(model)`` for the root)."""
-    return layer.get("name") or "(model)"
+    """Short display name: the module name (``(model)`` for the root), control characters removed and
+    ``$`` escaped (matplotlib would read ``$...$`` as mathtext)."""
+    from gradvet._render import clean
+
+    return clean(layer.get("name") or "(model)").replace("$", r"\$")
 
 
 def _counts_at(run: Run, metric: str, steps: np.ndarray) -> Optional[np.ndarray]:
