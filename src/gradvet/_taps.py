@@ -269,13 +269,13 @@ class LayerTaps:
                 y.register_hook(partial(self._on_grad, i))
             if info.role == "param":
                 if call == 0:
-                    self._tap_input(i, args, y, output)
+                    self._tap_input(i, args, y)
                 if self.structure_pending and y.grad_fn is not None:
                     self._sources.append((i, y.grad_fn))
         except Exception as e:  # never let measuring break training
             self._fail(e)
 
-    def _tap_input(self, i: int, args: Any, y: Tensor, output: Any) -> None:
+    def _tap_input(self, i: int, args: Any, y: Tensor) -> None:
         """Hook the layer's input for ||dL/dx * x|| and, on the structure step, note the graph nodes."""
         x = args[0] if args and isinstance(args[0], Tensor) else None
         if x is not None and not (x.is_floating_point() and x.requires_grad and x.grad_fn is not None):

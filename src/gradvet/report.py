@@ -185,9 +185,11 @@ def nonfinite_from(run: Run) -> Optional[int]:
         return None
     had = np.maximum.accumulate(np.isfinite(loss))
     bad = np.isinf(loss) | (np.isnan(loss) & had)
-    g = run.get("param/grad_nonfinite")
-    if g is not None and len(g.steps) == len(loss):
-        bad = bad | (np.nan_to_num(g.values.astype(np.float64), nan=0.0) > 0).any(axis=1)
+    from gradvet.diagnosis._nonfinite import bad_param_steps
+
+    grads_bad = bad_param_steps(run)
+    if len(grads_bad) == len(loss):
+        bad = bad | grads_bad
     if not bad[-1]:
         return None
     good = np.where(~bad)[0]

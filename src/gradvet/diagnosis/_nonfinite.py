@@ -22,7 +22,8 @@ from gradvet.record._run import Run
 _FORWARD_BIRTH = "its forward output is non-finite"
 
 
-def _bad_param_steps(run: Run) -> np.ndarray:
+def bad_param_steps(run: Run) -> np.ndarray:
+    """Per recorded step, whether some parameter's gradient held NaN/Inf (empty when not recorded)."""
     s = run.get("param/grad_nonfinite")
     if s is None:
         return np.zeros(0, dtype=bool)
@@ -106,7 +107,7 @@ def nonfinite_rule(run: Run) -> list[Finding]:
     if in_steps or targets:
         # the data, not the model: the first thing to say, with the data's remedy
         return [_input_finding(run, in_steps, in_count, targets)]
-    bad = _bad_param_steps(run)
+    bad = bad_param_steps(run)
     loss = run.loss.astype(np.float64)
     # NaN is also "no loss passed": a NaN loss counts only together with non-finite gradients
     loss_bad = np.isinf(loss)

@@ -22,6 +22,7 @@ import numpy as np
 from gradvet.diagnosis._context import has_optimizer, norm_layers
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import layer_update_ratio, nanmedian, total_grad_norm
+from gradvet.diagnosis._nonfinite import bad_param_steps
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
@@ -56,10 +57,10 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     if G is None or len(G) < 4 or len(loss) != len(G):
         return []
     G = np.where(np.isfinite(G), G, np.nan)
-    bad = run.get("param/grad_nonfinite")
-    if bad is not None and bad.values.shape[0] == len(G):
+    bad = bad_param_steps(run)
+    if len(bad) == len(G):
         # a step where some gradient is NaN/Inf has a partial norm: the growth is read up to the step before
-        G[(np.nan_to_num(bad.values.astype(np.float64), nan=0.0) > 0).any(axis=1)] = np.nan
+        G[bad] = np.nan
     k = max(1, min(3, len(G) // 10))
     finite_loss = np.isfinite(loss)
     if finite_loss.any() and not finite_loss.all():
