@@ -157,6 +157,26 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "updated parameters (sparse embedding rows, rare features) keep large steps (Duchi, Hazan & Singer, 2011)",
         "opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)",
     ),
+    "optim:weight_decay": (
+        "add weight decay: each step shrinks the weights by lr * wd * W, so they stop growing and the gradients "
+        "they multiply on the way back stop growing with them (an L2 penalty, Krogh & Hertz, 1992; decoupled "
+        "from Adam's scaling in AdamW, Loshchilov & Hutter, 2019)",
+        "opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)\n"
+        "# or, with SGD, an L2 term: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)",
+    ),
+    "arch:shallower": (
+        "use fewer layers: the gradient reaching a layer is a product of one factor per layer above it, and a "
+        "shallower plain net often fits as well (He et al., 2016, saw a plain 56-layer net train worse than a "
+        "20-layer one); this drops middle blocks of a plain nn.Sequential stack, then retrain",
+        "model = gradvet.remedies.apply_remedy('arch:shallower', model, depth=4).model  # keep 4 Linear blocks",
+    ),
+    "pretrain:layerwise": (
+        "pretrain greedily, one layer at a time (each as an autoencoder of the layer below, or with its own "
+        "classifier head), then fine-tune the whole stack: every layer starts from useful weights instead of "
+        "waiting for a gradient that vanishes on its way down (Hinton et al., 2006; Bengio et al., 2007)",
+        "model = gradvet.remedies.apply_remedy('pretrain:layerwise', model, batch=(x_train, y_train)).model\n"
+        "# then train the whole model as usual (fine-tuning)",
+    ),
     "optim:param_groups": (
         "check the optimizer: every trained parameter must be in a param group with a useful learning rate",
         "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # all parameters, one sane lr",

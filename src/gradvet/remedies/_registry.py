@@ -27,9 +27,11 @@ from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, r
 from gradvet.remedies._layout import weighted_layers
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
+from gradvet.remedies._pretrain import pretrain_applicable, pretrain_remedy
 from gradvet.remedies._reset import reinit_nonfinite
 from gradvet.remedies._residual import add_residual, zero_init_residual
 from gradvet.remedies._result import Change, RemedyNotApplicable, RemedyResult
+from gradvet.remedies._shallower import shallower
 
 RemedyFn = Callable[..., list[Change]]
 
@@ -84,6 +86,8 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "residual": _ignoring_batch(add_residual),
     "residual:rezero": _ignoring_batch(add_residual, branch_init="rezero"),
     "arch:gated_rnn": _ignoring_batch(gate_rnns),
+    "arch:shallower": _ignoring_batch(shallower),
+    "pretrain:layerwise": pretrain_remedy,
     "guard:domain": _guard_domain,
 }
 
@@ -111,7 +115,8 @@ def apply_remedy(rid: str, model: nn.Module, *, inplace: bool = False, batch: An
             ``'norm:batch'``, ``'residual'``.
         model: the model; left untouched unless ``inplace``.
         inplace: edit ``model`` itself instead of a ``copy.deepcopy`` (same device and dtype).
-        batch: ``(inputs, targets)``, needed by ``init:lsuv`` and ``guard:domain``, read by ``init:chrono``.
+        batch: ``(inputs, targets)``, needed by ``init:lsuv``, ``guard:domain`` and ``pretrain:layerwise``
+            (its training data), read by ``init:chrono``.
         **kwargs: passed to the remedy function (e.g. ``t_max=`` for ``init:chrono``,
             ``mode='fan_out'`` for ``init:kaiming``).
 
@@ -140,7 +145,8 @@ def applicable(rid: str, model: nn.Module, batch: Any = None) -> tuple[bool, str
     """Whether ``apply_remedy(rid, model, batch=batch)`` would change something, and why (or why not).
 
     Nothing is modified, the global RNG included: the remedy runs on a deep copy of the model
-    (so this costs one copy), except ``init:lsuv``, which is judged without a forward pass.
+    (so this costs one copy), except ``init:lsuv`` and ``pretrain:layerwise``, which are judged
+    without a forward pass.
 
     Returns:
         ``(True, 'would change: ...')``, or ``(False, reason)`` when the remedy does not apply
@@ -157,6 +163,8 @@ def applicable(rid: str, model: nn.Module, batch: Any = None) -> tuple[bool, str
     require_module(model, "applicable")
     if rid == "init:lsuv":
         return _lsuv_applicable(model, batch)
+    if rid == "pretrain:layerwise":  # judged without training a layer
+        return pretrain_applicable(model, batch)
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:

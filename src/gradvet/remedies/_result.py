@@ -9,7 +9,7 @@ from torch import nn
 from gradvet.errors import GradvetUsageError
 
 #: Kinds of edit a :class:`Change` can record.
-CHANGE_KINDS = ("activation", "init", "bias", "insert", "wrap", "replace")
+CHANGE_KINDS = ("activation", "init", "bias", "insert", "wrap", "replace", "remove")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Change:
     Attributes:
         module: qualified name as ``model.named_modules()`` gave it *before* the edit
             (``''`` for the root); edits that rename modules say the new name in ``new``.
-        what: one of ``'activation' | 'init' | 'bias' | 'insert' | 'wrap' | 'replace'``.
+        what: one of ``'activation' | 'init' | 'bias' | 'insert' | 'wrap' | 'replace' | 'remove'``.
         old: the state before, e.g. ``'Sigmoid()'`` or ``'std=0.010'``.
         new: the state after, e.g. ``'ReLU()'`` or ``'std=0.177 (kaiming fan_in, relu)'``.
     """
