@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from gradvet._cli_guard import guarded, writable_target
 from gradvet._version import __version__
 
 app = typer.Typer(
@@ -75,8 +76,14 @@ def load_factory(spec: str) -> Any:
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         mod_spec.loader.exec_module(module)
+    except SystemExit as e:  # a script run at import: exit 0 would read as "healthy"
+        raise typer.BadParameter(
+            f"importing {path_s!r} called sys.exit({e.code!r}): gradvet imports and runs the file, so put "
+            "script code under `if __name__ == \"__main__\":`") from None
     except Exception as e:
-        raise typer.BadParameter(f"importing {path_s!r} raised {type(e).__name__}: {e}") from None
+        from gradvet._cli_guard import describe
+
+        raise typer.BadParameter(f"importing {path_s!r} raised {describe(e)}") from None
     finally:
         sys.path.pop(0)
     fn = getattr(module, name, None)
@@ -84,19 +91,32 @@ def load_factory(spec: str) -> Any:
         raise typer.BadParameter(f"{path_s!r} has no function {name!r}")
     try:
         return fn()
+    except SystemExit as e:
+        raise typer.BadParameter(f"{name}() called sys.exit({e.code!r}) instead of returning") from None
     except Exception as e:
-        raise typer.BadParameter(f"{name}() raised {type(e).__name__}: {e}") from None
+        from gradvet._cli_guard import describe
+
+        raise typer.BadParameter(f"{name}() raised {describe(e)}") from None
 
 
 def unpack_factory(result: Any, spec: str) -> tuple[Any, Any, Any]:
     """``(model, batch, loss_fn)`` from a factory's tuple or dict."""
     if isinstance(result, dict) and {"model", "batch", "loss_fn"} <= set(result):
-        return result["model"], result["batch"], result["loss_fn"]
-    if isinstance(result, (tuple, list)) and len(result) == 3:
-        return result[0], result[1], result[2]
-    raise typer.BadParameter(
-        f"{spec} must return (model, batch, loss_fn) or a dict with those keys, got {type(result).__name__}"
-    )
+        model, batch, loss_fn = result["model"], result["batch"], result["loss_fn"]
+    elif isinstance(result, (tuple, list)) and len(result) == 3:
+        model, batch, loss_fn = result
+    else:
+        raise typer.BadParameter(
+            f"{spec} must return (model, batch, loss_fn) or a dict with those keys, got {type(result).__name__}"
+        )
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise typer.BadParameter(f"{spec} returned a {type(model).__name__} as the model: return a torch.nn.Module")
+    if not callable(loss_fn):
+        raise typer.BadParameter(f"{spec} returned a {type(loss_fn).__name__} as loss_fn: return a function "
+                                 "loss_fn(output, batch) -> scalar tensor")
+    return model, batch, loss_fn
 
 
 def _to_device(obj: Any, device: str) -> Any:
@@ -121,6 +141,7 @@ def _check_device(device: str) -> None:
 
 
 @app.command()
+@guarded("check", err)
 def check(
     factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -147,6 +168,7 @@ def check(
 
 
 @app.command()
+@guarded("show", err)
 def show(
     record: Path = typer.Argument(..., help="a .gradvet record"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (the same fields as check --json)."),
@@ -178,6 +200,7 @@ def show(
 
 
 @app.command()
+@guarded("demo", err)
 def demo(steps: int = typer.Option(60, help="training steps per model")) -> None:
     """Diagnose a 10-layer sigmoid MLP on digits, treat it, train both: the cure, measured."""
     from gradvet.demo import run_demo
@@ -186,6 +209,7 @@ def demo(steps: int = typer.Option(60, help="training steps per model")) -> None
 
 
 @app.command()
+@guarded("report", err)
 def report(
     record: Path = typer.Argument(..., help="a .gradvet record"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="output HTML file"),
@@ -196,16 +220,21 @@ def report(
     target = out or record.with_suffix(".html")
     if out is None and target == record:  # a record named *.html: never write the report over it
         target = record.with_name(record.stem + ".report.html")
+    if target.resolve() != record.resolve():  # that one write_report refuses, saying so
+        writable_target(target)
     try:
         write_report(record, target)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
+    except OSError as e:  # a full disk, /dev/full: say which file
+        raise OSError(e.errno, e.strerror, str(target)) from None
     from gradvet._render import plain
 
     console.print(plain(f"wrote {target}"))
 
 
 @app.command()
+@guarded("lab", err)
 def lab(
     quick: bool = typer.Option(True, "--quick/--full", help="quick (<= 3 min on 2 cores) or full"),
     out: Path = typer.Option(Path("lab-report"), "-o", "--out", help="output directory"),
@@ -220,6 +249,7 @@ def lab(
 
 
 @app.command()
+@guarded("watch", err)
 def watch(
     record: Path = typer.Argument(..., help="a .gradvet record being written"),
     interval: float = typer.Option(2.0, help="seconds between refreshes"),
@@ -255,6 +285,7 @@ def _optimizer_factory(name: Optional[str], lr: Optional[float], momentum: float
 
 
 @app.command()
+@guarded("treat", err)
 def treat(
     factory: str = typer.Argument(..., help="path/to/file.py:factory returning (model, batch, loss_fn)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="save the treated model (torch.save)"),
@@ -279,6 +310,8 @@ def treat(
 
     _check_device(device)
     make_opt = _optimizer_factory(optimizer, lr, momentum)
+    if out is not None:  # before the treatment runs, not after
+        writable_target(out)
     model, batch, loss_fn = unpack_factory(load_factory(factory), factory)
     try:
         model = model.to(device)
@@ -305,7 +338,10 @@ def treat(
     if out is not None:
         import torch
 
-        torch.save(result.model, out)
+        try:
+            torch.save(result.model, out)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(out)) from None
         if not as_json:
             from gradvet._render import plain
 
@@ -314,6 +350,7 @@ def treat(
 
 
 @app.command()
+@guarded("remedies", err)
 def remedies(
     kind: Optional[str] = typer.Option(None, "--kind", help="only this kind: 'model edit', 'gradient transform', "
                                                              "'optimizer' or 'data'"),
