@@ -147,7 +147,11 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
-    """Check a model before training. Exit 0 healthy, 1 findings, 2 usage error."""
+    """Check a model before training. Exit 0 healthy, 1 findings, 2 anything else (one line says what).
+
+    The file is imported and run, as pytest does with a test file: its top-level code executes, then
+    the factory is called. Keep script code under `if __name__ == "__main__":`.
+    """
 
     import gradvet
 
@@ -304,7 +308,8 @@ def treat(
 ) -> None:
     """Diagnose, apply remedies one at a time, re-check; print a before/after table.
 
-    Exit code 0 when the treated model's re-check is healthy, 1 when it is not.
+    Exit code 0 when the treated model's re-check is healthy, 1 when it is not, 2 for anything else.
+    The file is imported and run, as by `gradvet check`.
     """
     from gradvet.treat import treat as _treat
 

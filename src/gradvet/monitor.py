@@ -122,6 +122,7 @@ class Monitor:
             )
         self._dist = _distributed.resolve(distributed, model, self.parameters)
         self._param_index = {id(p): i for i, p in enumerate(self.parameters)}
+        self._warned_unmonitored = False
         infos, modules, kinds = discover_layers(model, self._param_index)
         self.layer_infos = infos
         self._taps = LayerTaps(infos, modules, kinds, self.config.saturation_threshold, self.config.time_profile)
@@ -484,8 +485,28 @@ class Monitor:
         layers = [dict(info.to_dict(), facts=self._facts[i]) for i, info in enumerate(self.layer_infos)]
         return params, layers
 
+    def _warn_unmonitored(self) -> None:
+        """Warn once when the model holds trainable parameters the Monitor does not measure: a layer
+        added (or a frozen one unfrozen) after the Monitor was built would otherwise go unseen. Host-side
+        only, on flushes: a walk over the parameter list, no device work."""
+        if self._warned_unmonitored:
+            return
+        new = [name for name, p in self.model.named_parameters()
+               if p.requires_grad and id(p) not in self._param_index]
+        if new:
+            self._warned_unmonitored = True
+            shown = ", ".join(repr(n) for n in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            warnings.warn(
+                f"gradvet: {len(new)} trainable parameter(s) of {type(self.model).__name__} are not monitored "
+                f"({shown}): they were added or unfrozen after the Monitor was created. Build the Monitor "
+                "once the model is complete (or a new one after changing it) to measure them.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def _flush(self) -> None:
         """Move buffered device tensors to the host and hand them to the store."""
+        self._warn_unmonitored()
         buf, self._buf = self._buf, {}
         self._last_flush = time.monotonic()
         if not buf.get("step") and not buf.get("update"):

@@ -170,3 +170,59 @@ def test_optimizer_over_some_parameters_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gradvet.Monitor(model, optimizer=opt)
+
+
+# -- a layer added mid-run (issue 15, section 4) ---------------------------------------------------------------
+
+
+class Growing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.extra: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return h if self.extra is None else self.extra(h)
+
+
+def _run_steps(model: nn.Module, mon: gradvet.Monitor, steps: int) -> None:
+    for _ in range(steps):
+        loss = model(torch.randn(4, 4)).pow(2).mean()
+        model.zero_grad()
+        loss.backward()
+        mon.step(loss)
+
+
+def test_a_layer_added_mid_run_warns_once_naming_it() -> None:
+    torch.manual_seed(0)
+    model = Growing()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradvet.Monitor(model, flush_every=2) as mon:
+            _run_steps(model, mon, 3)
+            assert not [w for w in caught if "not monitored" in str(w.message)]
+            model.extra = nn.Linear(8, 2)
+            _run_steps(model, mon, 6)
+    msgs = [str(w.message) for w in caught if "not monitored" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    assert "2 trainable parameter(s)" in msgs[0] and "'extra.weight', 'extra.bias'" in msgs[0]
+    # the record still holds only the layers known at the start, with every step
+    run = mon.run
+    assert run is not None and run.steps.tolist() == list(range(9))
+
+
+def test_unfreezing_a_layer_mid_run_warns_and_a_fixed_model_does_not() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    model[0].requires_grad_(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradvet.Monitor(model, flush_every=2) as mon:
+            _run_steps(model, mon, 4)
+        assert not [w for w in caught if "not monitored" in str(w.message)]
+        with gradvet.Monitor(model, flush_every=2) as mon:
+            model[0].requires_grad_(True)
+            _run_steps(model, mon, 4)
+    msgs = [str(w.message) for w in caught if "not monitored" in str(w.message)]
+    assert len(msgs) == 1 and "'0.weight', '0.bias'" in msgs[0]
