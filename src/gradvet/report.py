@@ -240,14 +240,15 @@ def build_report(run: Run) -> Report:
     from gradvet.diagnosis import diagnose
 
     loss = run.loss
-    return Report(
-        findings=diagnose(run),
-        layers=layer_reports(run),
-        steps=len(run.steps),
-        meta=dict(run.meta),
-        loss=_last_finite_loss(loss),
-        nonfinite_from=nonfinite_from(run),
-    )
+    with np.errstate(all="ignore"):  # NaN steps are data here: no numpy warning reaches the user
+        return Report(
+            findings=diagnose(run),
+            layers=layer_reports(run),
+            steps=len(run.steps),
+            meta=dict(run.meta),
+            loss=_last_finite_loss(loss),
+            nonfinite_from=nonfinite_from(run),
+        )
 
 
 def _last_finite_loss(loss: np.ndarray) -> Optional[float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import numpy as np
+
 from gradvet.findings import SEVERITIES, Finding
 from gradvet.record._run import Run
 
@@ -34,7 +36,10 @@ def diagnose(run: Run) -> list[Finding]:
     findings: list[Finding] = []
     for name, rule in RULES.items():
         try:
-            findings.extend(rule(run))
+            # NaN/Inf in a record is data to reason about, not an error: numpy's RuntimeWarnings about it
+            # are gradvet's internals and must not reach the user's stderr
+            with np.errstate(all="ignore"):
+                findings.extend(rule(run))
         except Exception:
             log.exception("gradvet: diagnosis rule %s failed", name)
     # most severe first; among errors a NaN first: it corrupts every other measurement after it

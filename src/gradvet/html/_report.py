@@ -8,6 +8,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
+
 from gradvet.html._charts import (
     activation_chart,
     grad_w_heatmap,
@@ -127,5 +129,7 @@ def write_report(record_path: PathLike, out_path: PathLike, title: str = "") -> 
     if out.exists() and os.path.samefile(out, record_path):
         raise ValueError(f"the report would overwrite its own record {str(out)!r}; give another output file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run, title or f"gradvet report: {Path(record_path).name}"), encoding="utf-8")
+    with np.errstate(all="ignore"):  # NaN/Inf steps are drawn, not warned about on the user's stderr
+        html = render_report(run, title or f"gradvet report: {Path(record_path).name}")
+    out.write_text(html, encoding="utf-8")
     return out
