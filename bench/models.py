@@ -1,9 +1,17 @@
-"""The benchmark workloads: an MLP, a small transformer encoder, a GPT-2-small decoder.
+"""The benchmark workloads: an MLP, a small transformer encoder, a GPT-2-small decoder,
+and the launch-bound CPU proxies of GPT-2 and ResNet-50 (gradvet issue 13).
 
 Each builder returns a :class:`Workload` (model, optimizer, one fixed batch, loss,
 autocast dtype). The batch is fixed so that the data pipeline is not timed: the
 benchmark measures what a monitor adds to forward, backward and the optimizer step.
 ``tiny=True`` shrinks every model to a few thousand parameters for smoke tests.
+
+The *proxies* (``gpt2-proxy``, ``resnet-proxy``) keep the module graph of the real
+model (12 GPT-2 blocks with a tied head and bf16 autocast; ResNet-50's 3-4-6-3
+bottlenecks with in-place ReLUs and BatchNorm) with tensors of a few hundred
+values, so that a step is dominated by per-op overhead: Python, dispatch and, on a
+GPU, kernel launches. On a GPU the arithmetic of a real model is fast and that
+per-op overhead is what remains of a monitor's cost; the proxies show it on a CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODELS = ("mlp", "transformer", "gpt2")
+MODELS = ("mlp", "transformer", "gpt2", "gpt2-proxy", "resnet-proxy")
 
 
 @dataclass
@@ -153,9 +161,55 @@ def gpt2(device: torch.device, tiny: bool = False) -> Workload:
     return Workload("gpt2", model, opt, x, y, token_loss, device, torch.bfloat16, desc)
 
 
+def gpt2_proxy(device: torch.device, tiny: bool = False) -> Workload:
+    """GPT-2's module graph (12 blocks, 12 heads, tied head, bf16 autocast, AdamW) with d 48, seq 16."""
+    vocab, seq, d, n, heads, batch = (64, 8, 24, 2, 2, 2) if tiny else (128, 16, 48, 12, 12, 2)
+    model = GPT(vocab, seq, d, n, heads).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=device.type == "cuda")
+    x = torch.randint(0, vocab, (batch, seq), device=device)
+    y = torch.randint(0, vocab, (batch, seq), device=device)
+    desc = f"GPT-2 proxy: d{d} x{n} layers, {heads} heads, seq {seq}, batch {batch}, vocab {vocab}, bf16 autocast"
+    return Workload("gpt2-proxy", model, opt, x, y, token_loss, device, torch.bfloat16, desc)
+
+
+def resnet_graph(width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-50 (``Bottleneck``, 3-4-6-3, in-place ReLU) with base width ``width`` (64 there)."""
+    from torchvision.models.resnet import ResNet, Bottleneck
+
+    model = ResNet(Bottleneck, list(blocks), num_classes=classes)
+    if width == 64:
+        return model
+    # the same layers at another width: torchvision fixes 64-128-256-512, so rebuild the stages
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for k, n in enumerate(blocks):
+        stage = model._make_layer(Bottleneck, width * 2**k, n, stride=1 if k == 0 else 2)
+        setattr(model, f"layer{k + 1}", stage)
+    model.fc = nn.Linear(width * 8 * Bottleneck.expansion, classes)
+    return model
+
+
+def resnet_proxy(device: torch.device, tiny: bool = False) -> Workload:
+    """ResNet-50's module graph (53 convs, 53 BatchNorms, in-place ReLUs) with base width 4 on 2x3x32x32 images, SGD."""
+    width, blocks, batch, size = (2, (1, 1, 1, 1), 2, 16) if tiny else (4, (3, 4, 6, 3), 2, 32)
+    model = resnet_graph(width, blocks, classes=10).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    desc = f"ResNet-50 proxy: bottlenecks {'-'.join(map(str, blocks))}, base width {width}, batch {batch}x3x{size}x{size}"
+    return Workload("resnet-proxy", model, opt, x, y, F.cross_entropy, device, None, desc)
+
+
 def build(name: str, device: torch.device, tiny: bool = False, seed: int = 0) -> Workload:
     """Build the workload ``name`` (one of :data:`MODELS`) on ``device``."""
-    builders = {"mlp": mlp, "transformer": transformer, "gpt2": gpt2}
+    builders = {
+        "mlp": mlp,
+        "transformer": transformer,
+        "gpt2": gpt2,
+        "gpt2-proxy": gpt2_proxy,
+        "resnet-proxy": resnet_proxy,
+    }
     if name not in builders:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     torch.manual_seed(seed)

@@ -12,12 +12,17 @@ Hook points, chosen deliberately (see STYLE.md, item 15):
   gradient reaching each time step is seen (vanishing/exploding through time,
   Bengio et al. 1994; Pascanu et al. 2013). If the input does not require grad
   it is replaced by a detached copy that does: the same values, a leaf of its own.
-- while a measured forward runs, a ``TorchFunctionMode`` notices activations
-  applied *functionally* (``torch.sigmoid(self.fc(x))``) to a layer's output
-  and attributes their saturation and dead units to that layer.
+- while the first measured forward runs (the structure step), a ``TorchFunctionMode``
+  notices activations applied *functionally* (``torch.sigmoid(self.fc(x))``) to a
+  layer's output and attributes their saturation and dead units to that layer. It
+  sees every torch call of the forward, so it runs once: the activations found are
+  learned per (layer, call), and on later steps the layer's forward hook applies the
+  same function to the output it already holds (one op, no mode). A functional
+  activation called with extra arguments (``F.hardtanh(x, -2, 2)``) keeps the mode on.
 
-Hooks only collect sums into one device tensor of accumulators (``[layers, 8]``,
-added to in place); nothing here syncs with the host. gradvet's own statistics
+Each hook call runs a few fused reductions (:mod:`gradvet.stats._layer`) and holds
+their 0-d results; collection sums them per layer in a few batched ops
+(:mod:`gradvet.stats._batch`); nothing here syncs with the host. gradvet's own statistics
 run under ``torch._C.DisableTorchFunction()``: they are not the user's code, so
 the mode above (and any other torch-function override) must not see them, and
 skipping it saves a Python call per torch op. Any error inside a hook disables
@@ -38,12 +43,13 @@ from torch.overrides import TorchFunctionMode
 from gradvet._hooks import HookSet
 from gradvet._layers import LayerInfo
 from gradvet.stats._activations import FUNCTIONAL, ActivationKind
+from gradvet.stats._batch import LayerSums
 from gradvet.stats._layer import (
     N_ACC,
     activation_stats,
     derive_layer_stats,
-    grad_stats,
-    output_stats,
+    grad_sums,
+    output_sums,
     time_stats,
 )
 
@@ -105,7 +111,9 @@ class _FunctionalActivations(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         kind = FUNCTIONAL.get(func)
         if kind is not None and self.taps.in_activation_module == 0 and args:
-            self.taps.functional_activation(args[0], kind, out)
+            # F.relu(x, inplace=True) is relu(x) again; F.hardtanh(x, -2, 2) is not kind.fn(x)
+            plain = len(args) == 1 and not set(kwargs or {}) - {"inplace"}
+            self.taps.functional_activation(args[0], kind, out, plain)
         return out
 
 
@@ -126,20 +134,17 @@ class LayerTaps:
         self.active = False
         self.failed = False
         self.in_activation_module = 0
-        self.device: Optional[torch.device] = None
         self._next_order = 0
-        # accumulators of every layer, allocated on the first measured call and zeroed
-        # by collect(): one in-place add per hook call, no allocation per call
-        self._table: Optional[Tensor] = None
-        # Alive units per layer: one flat mask, one segment per call index within a
-        # forward (a ReLU module used twice has two sets of units); micro-batches OR
-        # into their segment. Flat, so that ranks can OR the masks as they are.
-        self._alive: list[Optional[Tensor]] = [None] * len(infos)
-        self._segments: list[dict[int, tuple[int, int]]] = [{} for _ in infos]
+        # every hook call's results, held until collect() sums them per layer in a few ops
+        self._sums = LayerSums(len(infos))
         self._calls = [0] * len(infos)
         self._time: dict[int, Tensor] = {}
         self._producer: dict[int, tuple[int, Tensor, int]] = {}
         self._mode: Optional[_FunctionalActivations] = None
+        # functional activations learned on the structure step: (layer, call) -> kind; the mode
+        # stays on for every measured step only where one cannot be recomputed from the output
+        self._functional: dict[tuple[int, int], ActivationKind] = {}
+        self._mode_always = False
         # The graph: read once, on the first measured step (the structure step), from the
         # nodes each layer's input and output came from. Until then every parameter
         # layer's input is measured; afterwards only the trunk's (gradvet._graph).
@@ -148,10 +153,9 @@ class LayerTaps:
         self._out_node: Any = None
         self._sources: list[tuple[int, Any]] = []
         self._trunk_owner: set[int] = set()
-        # [L, 3]: ||dL/dx * x||^2 and ||dL/dx||^2 of layer inputs (the first is the loss's
-        # sensitivity to a relative change of the input, blind to the input's scale) and the
-        # number of hook calls; the inputs are held until their gradient arrives
-        self._sens: Optional[Tensor] = None
+        # ||dL/dx * x|| and ||dL/dx|| of layer inputs (the first is the loss's sensitivity to a
+        # relative change of the input, blind to the input's scale), summed per layer in
+        # self._sums.sens; the inputs are held until their gradient arrives
         self._trunk_mask: Optional[Tensor] = None
         self._held: dict[int, Tensor] = {}
         self._next_key = 0
@@ -183,7 +187,7 @@ class LayerTaps:
             # ones (micro-batches, a forward never followed by a step) would keep their graphs alive
             self._sources = []
             self._nodes = {}
-        if self._measuring() and self._mode is None:
+        if self._measuring() and self._mode is None and (self.structure_pending or self._mode_always):
             self._mode = _FunctionalActivations(self)
             self._mode.__enter__()
 
@@ -206,11 +210,21 @@ class LayerTaps:
 
     # -- collection ---------------------------------------------------------------------
     @property
+    def device(self) -> Optional[torch.device]:
+        """The device of the first measured output (None before one)."""
+        return self._sums.device
+
+    @device.setter
+    def device(self, dev: Optional[torch.device]) -> None:
+        self._sums.device = dev
+
+    @property
     def _acc(self) -> list[Optional[Tensor]]:
         """Accumulator rows ``[N_ACC]`` per layer (views of the table; None before any call)."""
-        if self._table is None:
+        self._sums.flush()
+        if self._sums.table is None:
             return [None] * len(self.infos)
-        return list(self._table.unbind(0))
+        return list(self._sums.table.unbind(0))
 
     @_acc.setter
     def _acc(self, rows: list[Optional[Tensor]]) -> None:
@@ -218,27 +232,40 @@ class LayerTaps:
         dev = self.device or next((r.device for r in rows if r is not None), torch.device("cpu"))
         zeros = torch.zeros(N_ACC, dtype=torch.float64, device=dev)
         table = [zeros if r is None else r.to(dev, torch.float64) for r in rows]
-        self._table = torch.stack(table) if table else zeros.new_zeros(0, N_ACC)
+        self._sums.table = torch.stack(table) if table else zeros.new_zeros(0, N_ACC)
 
-    def _add(self, i: int, sl: slice, value: Tensor) -> None:
-        if self._table is None:
-            if self.device is None:
-                self.device = value.device
-            self._table = torch.zeros(len(self.infos), N_ACC, dtype=torch.float64, device=self.device)
-        self._table[i, sl].add_(value.to(self.device))
+    @property
+    def _alive(self) -> list[Optional[Tensor]]:
+        """Flat bool alive mask per layer, one segment per call index (None where no units were seen)."""
+        return self._sums.peaks.masks()
 
-    def _add_alive(self, i: int, call: int, alive: Tensor, values: int) -> None:
-        if self.structure_pending and call == 0 and alive.numel():
+    @_alive.setter
+    def _alive(self, masks: list[Optional[Tensor]]) -> None:
+        self._sums.peaks.set_masks(masks)
+
+    @property
+    def _sens(self) -> Optional[Tensor]:
+        """``[L, 3]`` input sums since the last collect_sens (None if no input was measured)."""
+        self._sums.flush()
+        return self._sums.sens if self._sums.sens_seen else None
+
+    @_sens.setter
+    def _sens(self, sens: Optional[Tensor]) -> None:
+        self._sums.sens, self._sums.sens_seen = sens, sens is not None
+
+    def _add_alive(self, i: int, call: int, peak: Tensor, values: int) -> None:
+        if self.structure_pending and call == 0 and peak.numel():
             # how many values each unit's verdict rests on (a squeeze-excitation unit sees one per sample)
-            self.infos[i].graph["per_unit"] = values // alive.numel()
-        alive, prev, segs = alive.flatten(), self._alive[i], self._segments[i]
-        seg = segs.get(call)
-        if prev is not None and seg is not None and seg[1] == alive.numel():
-            start, n = seg
-            self._alive[i] = torch.cat([prev[:start], prev[start : start + n] | alive, prev[start + n :]])
-            return
-        segs[call] = (0 if prev is None else prev.numel(), alive.numel())
-        self._alive[i] = alive if prev is None else torch.cat([prev, alive.to(prev.device)])
+            self.infos[i].graph["per_unit"] = values // peak.numel()
+        self._sums.peaks.add(i, call, peak)
+
+    def _activation(self, i: int, call: int, kind: ActivationKind, a: Tensor, unit_dim: int) -> None:
+        """Saturation and dead units of activation output ``a``, attributed to layer ``i``."""
+        sat, peak = activation_stats(a, kind, self.threshold, unit_dim)
+        if sat is not None:
+            self._sums.saturated.add(i, 0, sat)
+        if peak is not None:
+            self._add_alive(i, call, peak, a.numel())
 
     @_eager
     def _forward(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
@@ -260,14 +287,25 @@ class LayerTaps:
             if info.order < 0:
                 info.order, self._next_order = self._next_order, self._next_order + 1
             call, self._calls[i] = self._calls[i], self._calls[i] + 1
-            acc, alive = output_stats(y, self.kinds[i], self.threshold, self._unit_dim(i, args, y))
-            self._add(i, slice(3, 8), acc)
-            if alive is not None:
-                self._add_alive(i, call, alive, y.numel())
+            sums = self._sums
+            if sums.device is None:
+                sums.device = y.device
+            n = y.numel()
+            if n:
+                sums.outputs.add(i, n, *output_sums(y))
+                kind = self.kinds[i]
+                if kind is not None and (kind.saturated is not None or kind.can_die):
+                    self._activation(i, call, kind, y, self._unit_dim(i, args, y))
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 y.register_hook(partial(self._on_grad, i))
             if info.role == "param":
+                learned = self._functional.get((i, call)) if not self._mode_always else None
+                if learned is not None and n:
+                    # the functional activation the structure step saw after this call: applied here
+                    # to the output the hook holds, it gives what the user's call will
+                    unit_dim = 1 if info.channel_first else -1
+                    self._activation(i, call, learned, learned.fn(y.detach()), unit_dim)
                 if call == 0:
                     self._tap_input(i, args, y)
                 if self.structure_pending and y.grad_fn is not None:
@@ -300,14 +338,13 @@ class LayerTaps:
             return  # changed in place since: its values are no longer the ones g belongs to
         try:
             with torch._C.DisableTorchFunction():
-                # one float32 temporary of the activation's size (float64 copies would be 4 of them)
-                g32 = g.detach().float()
-                one = torch.ones((), dtype=torch.float32, device=g.device)
-                norms = torch.stack([torch.linalg.vector_norm(g32 * x.detach().float()), torch.linalg.vector_norm(g32)])
-                sens = torch.cat([norms.square(), one[None]]).double()
-                if self._sens is None:
-                    self._sens = torch.zeros(len(self.infos), 3, dtype=torch.float64, device=sens.device)
-                self._sens[i] += sens.to(self._sens.device)
+                # one float32 temporary of the activation's size: a half-precision g is promoted
+                # inside the product, and its own norm accumulates in float32 without a copy
+                xf = x.detach()
+                if xf.dtype in (torch.float16, torch.bfloat16):
+                    xf = xf.float()
+                gx = torch.linalg.vector_norm(g.detach() * xf)
+                self._sums.inputs.add(i, 1, gx, _norm32(g))
         except Exception as e:
             self._fail(e)
 
@@ -382,17 +419,19 @@ class LayerTaps:
             return
         try:
             with torch._C.DisableTorchFunction():
-                self._add(i, slice(0, 3), grad_stats(g))
+                self._sums.grads.add(i, g.numel(), *grad_sums(g))
         except Exception as e:
             self._fail(e)
 
     @_eager
-    def functional_activation(self, x: Any, kind: ActivationKind, out: Any) -> None:
-        """Attribute ``out = kind(x)`` to the layer that produced ``x``.
+    def functional_activation(self, x: Any, kind: ActivationKind, out: Any, plain: bool = True) -> None:
+        """Attribute ``out = kind(x)`` to the layer that produced ``x`` and learn the pair.
 
-        Eager under torch.compile like the hooks: dynamo traces the mode's
-        ``__torch_function__``, and a traced in-place add to the accumulators was
-        applied twice (saturation counted double with the eager backend).
+        ``plain``: the call had no arguments besides ``x`` (and ``inplace``), so that later
+        steps can apply ``kind.fn`` to the layer's output themselves; otherwise the mode
+        stays on for every measured step. Eager under torch.compile like the hooks: dynamo
+        traces the mode's ``__torch_function__``, and a traced in-place add to the
+        accumulators was applied twice (saturation counted double with the eager backend).
         """
         if not isinstance(x, Tensor) or not isinstance(out, Tensor):
             return
@@ -403,14 +442,17 @@ class LayerTaps:
         try:
             if not self.infos[i].activation:
                 self.infos[i].activation = kind.name
+            if (i, call) in self._functional and not self._mode_always:
+                return  # learned on an earlier forward of the structure step: the hook measured it
+            if self.structure_pending:
+                if plain:
+                    self._functional[(i, call)] = kind
+                else:
+                    self._mode_always = True
             unit_dim = 1 if self.infos[i].channel_first else -1
             with torch._C.DisableTorchFunction():  # other modes below ours must not see it either
                 # the layer's moments are its own output's; the activation adds saturation and death
-                sat, alive = activation_stats(out, kind, self.threshold, unit_dim)
-                if sat is not None:
-                    self._add(i, slice(6, 7), sat.double().reshape(1))
-                if alive is not None:
-                    self._add_alive(i, call, alive, out.numel())
+                self._activation(i, call, kind, out, unit_dim)
         except Exception as e:
             self._fail(e)
 
@@ -457,23 +499,13 @@ class LayerTaps:
     def collect(self, inv_scale: Optional[Tensor] = None) -> tuple[Tensor, dict[int, Tensor]]:
         """Return ``([L, 8] stats, {layer: [T] grad norm per time step})`` and reset."""
         dev = self.device or torch.device("cpu")
-        table = self._table
-        acc = table if table is not None else torch.zeros(len(self.infos), N_ACC, dtype=torch.float64, device=dev)
-        zero = torch.zeros((), dtype=torch.float64, device=dev)
-        dead = [
-            (1.0 - a.double().mean()).to(dev) if a is not None and a.numel() else zero
-            for a in self._alive
-        ]
-        stats = derive_layer_stats(acc, torch.stack(dead) if dead else zero[None, :0])
+        acc, dead = self._sums.take()
+        stats = derive_layer_stats(acc, dead)
         times = {i: t.sqrt().float() for i, t in self._time.items()}
         if inv_scale is not None:
             inv = inv_scale.to(dev, torch.float32)
             stats[:, 0:2] = stats[:, 0:2] * inv
             times = {i: t * inv.to(t.device) for i, t in times.items()}
-        if table is not None:
-            table.zero_()  # derive_layer_stats made new tensors: the table is free again
-        self._alive = [None] * len(self.infos)
-        self._segments = [{} for _ in self.infos]
         self._calls = [0] * len(self.infos)
         self._time = {}
         return stats, times
@@ -482,7 +514,7 @@ class LayerTaps:
         """``[L, 2]``: ``||dL/dx * x||`` and ``||dL/dx||`` of the layers' inputs measured since the last
         call (NaN for the others); resets. No host sync."""
         dev = self.device or torch.device("cpu")
-        sens, self._sens, self._held = self._sens, None, {}
+        sens, self._held = self._sums.take_sens(), {}
         if sens is None:
             return torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
         sens = sens.to(dev)
@@ -493,3 +525,10 @@ class LayerTaps:
         if inv_scale is not None:
             vals = vals * inv_scale.to(dev, torch.float32)
         return torch.where(valid[:, None], vals, torch.full_like(vals, float("nan")))
+
+
+def _norm32(g: Tensor) -> Tensor:
+    """``||g||`` accumulated in at least float32 (a half-precision ``g`` is not copied)."""
+    if g.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(g.detach(), dtype=torch.float32)
+    return torch.linalg.vector_norm(g.detach())

@@ -1,11 +1,18 @@
 """Per-layer statistics of a module's output and of the gradient reaching it.
 
-The hooks only *collect*: each call adds sums into a small device tensor of
-accumulators (so micro-batches of one optimizer step add up exactly, and
-nothing syncs with the host; the sums also add over ranks). On the CPU, where
-reading a scalar costs no sync, a finite plain sum lets the statistics skip
-their finite masks (:func:`_finite_cpu_stats`); other devices always take the
-masked path, which gives the same sums.
+The hooks only *collect*: each call runs a few fused reductions whose 0-d results
+are held until the step's collection (:mod:`gradvet.stats._batch` adds them into
+per-layer sums in a handful of batched ops), so micro-batches of one optimizer
+step add up exactly and nothing syncs with the host; the sums also add over
+ranks. The per-call primitives, with the ops each dispatches (on a GPU, one
+kernel per op; in the launch-bound regime their count is the cost):
+
+- :func:`output_sums` (4 ops, 5 for half precision): ``var_mean`` of the output
+  with non-finite entries zeroed (Welford's single pass: accurate when the mean
+  dwarfs the spread, where ``E[y^2] - E[y]^2`` from plain float32 sums cancels
+  catastrophically, e.g. saturated sigmoid outputs) and the non-finite count.
+- :func:`grad_sums` (3 ops): the gradient's L2 norm and its non-finite count.
+
 :func:`derive_layer_stats` turns accumulators into the recorded statistics.
 
 Accumulator columns (float64):
@@ -24,10 +31,8 @@ Accumulator columns (float64):
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,76 +52,49 @@ LAYER_STATS = (
     "out_nonfinite",  # count of non-finite entries in the output
 )
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def grad_sums(g: Tensor) -> tuple[Tensor, Tensor]:
+    """``(||g||, non-finite count)`` of a gradient: 0-d float32 and int64 tensors, 3 ops, no sync.
+
+    Half-precision gradients are reduced in float32 inside the norm kernel (no copy).
+    ``g - g`` is 0 exactly where ``g`` is finite and NaN elsewhere: two ops where
+    ``isfinite`` dispatches four.
+    """
+    g = g.detach()
+    norm = torch.linalg.vector_norm(g, dtype=torch.float32) if g.dtype in _HALF else torch.linalg.vector_norm(g)
+    return norm, torch.count_nonzero(g - g)
+
+
+def output_sums(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(var, mean, non-finite count)`` of an output with its non-finite entries read as 0.
+
+    With ``n = y.numel()`` the finite entries sum to ``mean * n`` and their squares to
+    ``(var + mean^2) * n``; :class:`gradvet.stats._batch.CallLog` forms those sums in
+    float64 at collection. 4 ops (5 for a half-precision ``y``, copied to float32 once).
+    """
+    y = y.detach()
+    if y.dtype in _HALF:
+        z = y.float().nan_to_num_(0.0, 0.0, 0.0)  # the copy is ours: zero in place
+    else:
+        z = torch.nan_to_num(y, 0.0, 0.0, 0.0)
+    var, mean = torch.var_mean(z, correction=0)
+    # NaN and inf differ from the zero that replaced them; a finite entry equals itself
+    return var, mean, torch.ne(y, z).sum()
+
 
 def grad_stats(g: Tensor) -> Tensor:
-    """Return ``[sum g^2, numel, non-finite count]`` (float64, on g's device)."""
-    g32 = g.detach().float()
-    sq = g32.square().sum()
-    if g.device.type == "cpu":
-        sq_host = sq.item()  # sync-ok: a CPU tensor, no device to wait for
-        if math.isfinite(sq_host):  # no NaN/inf term: skip the mask pass (the costly one)
-            return torch.tensor([sq_host, float(g.numel()), 0.0], dtype=torch.float64)
-    return torch.stack(
-        [
-            sq.double(),
-            torch.full((), float(g.numel()), dtype=torch.float64, device=g.device),
-            (~torch.isfinite(g32)).sum().double(),
-        ]
-    )
-
-
-def _shift_back(s1: Any, s2: Any, count: Any, c: Any) -> tuple[Any, Any]:
-    """``(sum y, sum y^2)`` from the sums of ``d = y - c``; float64 tensors or Python floats.
-
-    Both paths below call it, so that they do the same IEEE operations in the same order.
-    """
-    return s1 + count * c, s2 + 2 * c * s1 + count * (c * c)
-
-
-def _raw_moments(yf: Tensor, finite: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
-    """``(sum y, sum y^2)`` in float64, accurate also when the mean dwarfs the spread.
-
-    float32 sums of ``y`` and ``y^2`` make ``E[y^2] - E[y]^2`` cancel catastrophically
-    for, e.g., saturated sigmoid outputs (mean ~1, std ~1e-5). The sums are taken
-    around a pilot mean ``c`` in float32 and shifted back in float64 (the shifted-data
-    algorithm, Chan, Golub & LeVeque 1983), keeping the accumulators additive over
-    micro-batches and ranks without a float64 copy of the activation.
-    """
-    c = yf.sum() / count.clamp_min(1).float()
-    d = torch.where(finite, yf - c, torch.zeros((), device=yf.device))
-    s1 = d.sum().double()
-    s2 = torch.linalg.vector_norm(d).double().square()
-    return _shift_back(s1, s2, count, c.double())
-
-
-def _finite_cpu_stats(y32: Tensor, sat: Optional[Tensor]) -> Optional[Tensor]:
-    """Columns 3..7 of a non-empty CPU output whose entries are all finite; None otherwise.
-
-    A finite plain sum implies finite entries (one NaN or inf term makes it NaN or
-    inf), so the finite mask and the masked copies of :func:`_raw_moments` are not
-    needed. Reading scalars costs no sync on the CPU, so the scalar arithmetic runs
-    on Python floats; it repeats :func:`_raw_moments` operation for operation (a
-    float32 pilot mean, float64 shift back), so both paths give bit-identical sums.
-    A sum that overflows although every entry is finite returns None: the masked
-    path is exact either way.
-    """
-    pilot = y32.sum().item()  # sync-ok: a CPU tensor
-    if not math.isfinite(pilot):
-        return None
-    n = float(y32.numel())
-    c = float(np.float32(pilot / float(np.float32(n))))  # the float32 quotient torch computes
-    d = y32 - c
-    s1 = d.sum().item()  # sync-ok: a CPU tensor
-    norm = torch.linalg.vector_norm(d).item()  # sync-ok: a CPU tensor
-    total, squares = _shift_back(s1, norm * norm, n, c)
-    saturated = float(sat) if sat is not None else 0.0
-    return torch.tensor([total, squares, n, saturated, 0.0], dtype=torch.float64)
+    """Return ``[sum g^2, numel, non-finite count]`` (float64, on g's device): one call's accumulators."""
+    norm, bad = grad_sums(g)
+    numel = torch.full((), float(g.numel()), dtype=torch.float64, device=g.device)
+    return torch.stack([norm.double().square(), numel, bad.double()])
 
 
 def output_stats(
     y: Tensor, kind: Optional[ActivationKind], threshold: float, unit_dim: int
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """Statistics of an output tensor ``y``.
+    """Statistics of an output tensor ``y`` (one call's accumulators, the functional form of the taps).
 
     Args:
         y: the (post-activation) output.
@@ -128,29 +106,22 @@ def output_stats(
         ``(acc[5], alive)``: accumulators for columns 3..7 and, for kinds that can
         die, a bool tensor ``[units]`` true where the unit was non-zero somewhere.
     """
-    y = y.detach()
-    y32 = y.float()
-    sat, alive = (
-        activation_stats(y32, kind, threshold, unit_dim) if kind is not None else (None, None)
-    )
-    if y.device.type == "cpu" and y32.numel():
-        acc = _finite_cpu_stats(y32, sat)
-        if acc is not None:
-            return acc, alive
-    finite = torch.isfinite(y32)
-    yf = torch.where(finite, y32, torch.zeros((), device=y.device))
-    count = finite.sum().double()
-    total, squares = _raw_moments(yf, finite, count)
+    if not y.numel():
+        return torch.zeros(5, dtype=torch.float64, device=y.device), None
+    var, mean, bad = output_sums(y)
+    n = float(y.numel())
+    mean64 = mean.double()
+    sat, peak = activation_stats(y, kind, threshold, unit_dim) if kind is not None else (None, None)
     acc = torch.stack(
         [
-            total,
-            squares,
-            count,
-            sat.double() if sat is not None else yf.new_zeros((), dtype=torch.float64),
-            (~finite).sum().double(),
+            mean64 * n,
+            (var.double() + mean64.square()) * n,
+            n - bad.double(),
+            sat.double() if sat is not None else mean64.new_zeros(()),
+            bad.double(),
         ]
     )
-    return acc, alive
+    return acc, None if peak is None else peak != 0
 
 
 def activation_stats(
@@ -165,27 +136,32 @@ def activation_stats(
         unit_dim: the dimension that indexes units (features or channels).
 
     Returns:
-        ``(saturated, alive)``: the number of saturated entries (a 0-d tensor, None if
-        the kind does not saturate) and, for kinds that can die, a bool tensor
-        ``[units]`` true where the unit was non-zero somewhere (else None).
+        ``(saturated, peak)``: the number of saturated entries (a 0-d tensor, None if
+        the kind does not saturate) and, for kinds that can die, ``max |y|`` per unit
+        (``[units]``; a unit is alive where it is non-zero, NaN included), else None.
     """
-    y32 = y.detach().float()
+    y32 = y.detach()
+    if y32.dtype in _HALF:
+        y32 = y32.float()
     sat = kind.saturated(y32, threshold).sum() if kind.saturated else None
-    alive = _alive(y32, unit_dim) if kind.can_die and y.dim() >= 1 else None
-    return sat, alive
+    peak = unit_peak(y32, unit_dim) if kind.can_die and y.dim() >= 1 else None
+    return sat, peak
+
+
+def unit_peak(y: Tensor, unit_dim: int) -> Tensor:
+    """``max |y|`` per unit (one op): non-zero, or NaN, exactly where the unit's output is non-zero somewhere."""
+    d = unit_dim % y.dim()
+    other = tuple(i for i in range(y.dim()) if i != d)
+    if not other:
+        return y.abs()
+    if not y.numel():
+        return y.new_zeros(y.shape[d])
+    return torch.linalg.vector_norm(y, float("inf"), dim=other)
 
 
 def _alive(y: Tensor, unit_dim: int) -> Tensor:
     """Bool ``[units]``: true where the unit's output is non-zero (or NaN) somewhere."""
-    d = unit_dim % y.dim()
-    other = tuple(i for i in range(y.dim()) if i != d)
-    if not other:
-        return y != 0
-    if y.device.type == "cpu" and y.numel():
-        # the same mask: max |y| is non-zero (or NaN) exactly where some y != 0; on the
-        # CPU the float max-reduction is vectorized and 5-7x faster than a bool any()
-        return y.abs().amax(dim=other) != 0
-    return (y != 0).any(dim=other)
+    return unit_peak(y, unit_dim) != 0
 
 
 def time_stats(g: Tensor, time_dim: int) -> Tensor:
