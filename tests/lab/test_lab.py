@@ -10,6 +10,7 @@ import pytest
 import gradvet
 from gradvet.lab import LabConfig, run_experiments
 from gradvet.lab._context import LabContext
+from gradvet.lab._cure_list import CURES, FAMILIES
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ def test_quick_lab_writes_records_results_and_page(quick_lab: tuple[Path, dict, 
     assert index.name == "index.html" and (index.parent / "results.json").is_file()
     assert set(results) == {"depth", "cures", "exploding", "time", "dead", "meta"}
     records = sorted(index.parent.glob("runs/*/*.gradvet"))
-    assert len(records) == 36 + 7 + 8 + 10 + 3
+    assert len(records) == 36 + len(CURES) + 8 + 10 + 3
     run = gradvet.load(records[0])
     assert run.meta["status"] == "finished" and len(run.steps) > 0
 
@@ -58,6 +59,39 @@ def test_cures_beat_the_deep_sigmoid(quick_lab: tuple[Path, dict, float]) -> Non
         assert cures[label]["first_signal_init"] > 1e3 * base["first_signal_init"], label
         assert cures[label]["test_accuracy"] > 0.85, label
     assert base["test_accuracy"] < 0.2
+
+
+def test_every_family_of_cures_is_measured_charted_and_read(quick_lab: tuple[Path, dict, float]) -> None:
+    index, results, _ = quick_lab
+    cures = results["cures"]["cures"]
+    assert list(cures) == [c.label for c in CURES]
+    html = index.read_text()
+    for family in FAMILIES:
+        slug = family.replace(" ", "-")
+        assert f'data-chart="lab-cures-loss-{slug}"' in html and f'data-chart="lab-cures-flow-{slug}"' in html
+    for label, r in cures.items():
+        assert r["reading"] and r["first_signal_init"] is not None, label
+        assert label.replace("&", "&amp;") in html
+    assert '<table class="cures">' in html
+    base = cures["sigmoid (baseline)"]
+    # the rectifier family with a matching init, each 10^6+ more gradient at the first layer, and learning
+    for label in ("+ Leaky ReLU + He init", "+ ELU + He init", "+ SELU + LeCun normal", "+ GELU + He init",
+                  "+ SiLU + He init", "+ Mish + He init"):
+        assert cures[label]["first_signal_init"] > 1e6 * base["first_signal_init"], label
+        assert cures[label]["final_loss"] < 0.1 and cures[label]["test_accuracy"] > 0.85, label
+    # optimizers and weight decay leave the backpropagated signal where it was (same init, same first batch)
+    for label in ("+ Adam", "+ RMSprop", "+ weight decay (L2 5e-4)"):
+        assert cures[label]["first_signal_init"] == pytest.approx(base["first_signal_init"], rel=1e-3), label
+    # dropout does not bring gradient to the first layer (docs/treatment.md)
+    assert cures["+ dropout (0.1)"]["first_signal_init"] < 10 * base["first_signal_init"]
+    # layer-wise pretraining: far more gradient at the first layer once fine-tuning starts, and it learns
+    pre = cures["+ layer-wise pretraining"]
+    assert pre["first_signal_init"] > 1e4 * base["first_signal_init"]
+    assert pre["test_accuracy"] > 0.85 > 0.2 > base["test_accuracy"]
+    # the shallower net has 3 Linear layers and more signal at its first
+    short = cures["+ shallower (3 layers)"]
+    assert short["linear_layers"] == 3 and short["first_signal_init"] > 1e4 * base["first_signal_init"]
+    assert short["final_loss"] < base["final_loss"] - 0.5
 
 
 def test_clipping_contains_explosions(quick_lab: tuple[Path, dict, float]) -> None:

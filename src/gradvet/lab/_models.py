@@ -7,7 +7,7 @@ findings can name them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -58,14 +58,28 @@ def init_linear_(layer: nn.Linear, init: str, scale: float = 1.0, bias: Optional
             layer.bias.fill_(bias)
 
 
-class Block(nn.Module):
-    """``act(norm(fc(x)))``, plus ``x`` when ``skip`` (He et al., 2016)."""
+#: Norm layers by name; ``True`` means batch norm.
+NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
-    def __init__(self, d_in: int, d_out: int, act: str, norm: bool, skip: bool) -> None:
+
+class Block(nn.Module):
+    """``drop(act(norm(fc(x))))``, plus ``x`` when ``skip`` (He et al., 2016).
+
+    ``norm``: False, True (batch norm, Ioffe & Szegedy, 2015) or a key of :data:`NORMS`
+    (``"layer"``: Ba et al., 2016); ``dropout``: the share of units zeroed in training
+    (Srivastava et al., 2014).
+    """
+
+    def __init__(self, d_in: int, d_out: int, act: str, norm: Union[bool, str], skip: bool,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.fc = nn.Linear(d_in, d_out)
-        self.norm = nn.BatchNorm1d(d_out) if norm else None
+        kind = "batch" if norm is True else norm or None
+        if kind is not None:
+            _require("norm", kind, NORMS)
+        self.norm = NORMS[kind](d_out) if kind else None
         self.act = ACTIVATIONS[act]()
+        self.drop = nn.Dropout(dropout) if dropout else None
         self.skip = skip and d_in == d_out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,6 +87,8 @@ class Block(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         h = self.act(h)
+        if self.drop is not None:
+            h = self.drop(h)
         return x + h if self.skip else h
 
 
@@ -94,17 +110,18 @@ class MLP(nn.Module):
         width: int = 64,
         d_in: int = 64,
         d_out: int = 10,
-        norm: bool = False,
+        norm: Union[bool, str] = False,
         skip: bool = False,
         scale: float = 1.0,
         bias: Optional[float] = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 2:
             raise ValueError(f"MLP: depth must be an int >= 2 (hidden blocks + head), got {depth!r}")
         _require("activation", act, ACTIVATIONS)
         dims = [d_in] + [width] * (depth - 1)
-        self.blocks = nn.ModuleList(Block(a, b, act, norm, skip) for a, b in zip(dims[:-1], dims[1:]))
+        self.blocks = nn.ModuleList(Block(a, b, act, norm, skip, dropout) for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(width, d_out)
         for block in self.blocks:
             init_linear_(block.fc, init, scale, bias)  # type: ignore[arg-type]

@@ -17,9 +17,14 @@ EXPERIMENTS: tuple[tuple[str, Any, str, str], ...] = (
      "the weights, so the signal shrinks geometrically with depth. Xavier init (Glorot &amp; Bengio, 2010) "
      "keeps the variance for tanh; He init (He et al., 2015) does it for ReLU."),
     (_cures.NAME, _cures, "2. The cures, side by side",
-     "The deep sigmoid network of experiment 1, treated one change at a time: ReLU (Glorot et al., 2011), He "
-     "init (He et al., 2015), batch norm (Ioffe &amp; Szegedy, 2015), skip connections (He et al., 2016), and "
-     "all together."),
+     "The deep sigmoid network of experiment 1, treated one change at a time with every remedy of the textbook "
+     "list: ReLU-family activations (Glorot et al., 2011; Maas et al., 2013; Clevert et al., 2016; Klambauer et "
+     "al., 2017; Hendrycks &amp; Gimpel, 2016; Elfwing et al., 2018; Misra, 2019), Xavier, He and LSUV init "
+     "(Glorot &amp; Bengio, 2010; He et al., 2015; Mishkin &amp; Matas, 2016), batch and layer norm (Ioffe "
+     "&amp; Szegedy, 2015; Ba et al., 2016), skip connections (He et al., 2016), Adam and RMSprop (Kingma "
+     "&amp; Ba, 2015; Tieleman &amp; Hinton, 2012), weight decay (Krogh &amp; Hertz, 1992), dropout "
+     "(Srivastava et al., 2014), greedy layer-wise pretraining (Hinton et al., 2006; Bengio et al., 2007) and a "
+     "shallower net. The charts group them by family, each against the baseline."),
     (_exploding.NAME, _exploding, "3. Exploding gradients and clipping",
      "The opposite failure: per-layer factors above 1, or steps too large for the curvature. Global-norm "
      "clipping (Pascanu et al., 2013), value clipping and adaptive gradient clipping (Brock et al., 2021) bound "
@@ -58,6 +63,8 @@ def _experiment(key: str, module: Any, title: str, intro: str, results: dict, ct
              "<code>gradvet report &lt;file&gt;</code> or <code>gradvet show &lt;file&gt;</code>.</p><ul>"
              + "".join(f"<li><code>{escape(r)}</code></li>" for r in recs) + "</ul></details>")
     numbers = f'<p class="numbers"><b>Key numbers.</b> {module.summary(res)}</p>'
+    if hasattr(module, "details"):  # a table of the experiment's numbers, one row per run
+        numbers += "\n" + module.details(res)
     return section(key, title, f"{numbers}\n{body}\n{files}", intro)
 
 

@@ -27,6 +27,8 @@ class TrainSpec:
         lr: SGD learning rate.
         momentum: SGD momentum.
         adam: use Adam (recurrent nets) instead of SGD.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"rmsprop"`` (``adam=True`` means ``"adam"``).
+        weight_decay: the optimizer's weight decay (an L2 term in SGD's gradient; Krogh & Hertz, 1992).
         batch: examples per step.
         layer_every: record per-layer signals every this many steps (step 0 always).
         clip: gradient transform applied after the Monitor measured the raw gradients.
@@ -39,6 +41,8 @@ class TrainSpec:
     batch: int = 128
     layer_every: int = 10
     clip: Optional[GradTransform] = None
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -65,9 +69,15 @@ class TrainResult:
 
 
 def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    if spec.adam:
-        return torch.optim.Adam(model.parameters(), lr=spec.lr)
-    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    kind = "adam" if spec.adam else spec.optimizer
+    wd = spec.weight_decay
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=wd)
+    if kind == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=spec.lr, weight_decay=wd)
+    if kind != "sgd":
+        raise ValueError(f"TrainSpec.optimizer must be 'sgd', 'adam' or 'rmsprop', got {kind!r}")
+    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=wd)
 
 
 def train(

@@ -112,7 +112,7 @@ def pretrain_layerwise(model: nn.Module, inputs: Tensor, targets: Optional[Tenso
         steps, lr, batch_size: Adam steps per block, their learning rate, examples per step.
         stack: dotted name of an ``nn.Sequential``/``nn.ModuleList`` of blocks inside ``model``
             (``"blocks"``); every block of a ModuleList is pretrained (its head lives outside it).
-        seed: seeds the batch draws and nothing else.
+        seed: seeds the batch draws and the temporary layers; the global RNG is restored after.
         force: pretrain blocks that a previous call already pretrained.
 
     Returns:
@@ -141,15 +141,19 @@ def pretrain_layerwise(model: nn.Module, inputs: Tensor, targets: Optional[Tenso
     was = model.training
     changes: list[Change] = []
     model.train()
-    try:
-        with torch.no_grad():
-            h = prefix(inputs).flatten(1)
-        for name, block in blocks:
-            changes += _pretrain_one(name, block, h, targets, method, steps, lr, batch_size, gen, force)
+    # the temporary decoders/classifiers draw their init (and dropout its masks) from the global RNG:
+    # fork it, so that the caller's stream is left as it was and the result depends on ``seed`` only
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
             with torch.no_grad():
-                h = block(h).flatten(1)
-    finally:
-        model.train(was)
+                h = prefix(inputs).flatten(1)
+            for name, block in blocks:
+                changes += _pretrain_one(name, block, h, targets, method, steps, lr, batch_size, gen, force)
+                with torch.no_grad():
+                    h = block(h).flatten(1)
+        finally:
+            model.train(was)
     return changes
 
 
