@@ -9,7 +9,13 @@ from torch import nn
 
 from gradvet.data import digits
 from gradvet.lab._models import MLP
-from gradvet.remedies import RemedyNotApplicable, apply_remedy, applicable, pretrain_layerwise, shallower
+from gradvet.remedies import (
+    RemedyNotApplicable,
+    applicable,
+    apply_remedy,
+    pretrain_layerwise,
+    shallower,
+)
 
 torch.set_num_threads(1)
 
