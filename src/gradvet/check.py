@@ -8,6 +8,7 @@ module, and the torch RNG state. It never calls an optimizer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from gradvet._validate import (
 )
 from gradvet.config import PROFILES, ProfileLike, resolve_profile
 from gradvet.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -62,6 +65,19 @@ def _nonfinite_count(targets: Any) -> int:
     if isinstance(targets, torch.Tensor) and targets.is_floating_point():
         return int((~torch.isfinite(targets.detach())).sum())  # sync-ok: once, before check's pass
     return 0
+
+
+def _hunt(model: nn.Module, inputs: Any, saved: _SavedState) -> Any:
+    """:func:`gradvet._nanhunt.find_origin` on the checked batch, with the RNG state of the measured pass
+    (the same dropout masks); None if the hunt finds nothing or fails (it never costs the report)."""
+    from gradvet._nanhunt import find_origin
+
+    try:
+        torch.set_rng_state(saved.rng)
+        return find_origin(model, lambda: call_model(model, inputs))
+    except Exception:
+        log.exception("gradvet.check: hunting the first non-finite op failed")
+        return None
 
 
 def check(
@@ -136,6 +152,12 @@ def check(
                     )
                 loss.backward()
                 monitor.step(loss)
-        return monitor.report()
+        report = monitor.report()
+        if any(f.kind == "nonfinite_gradients" and f.severity == "error" for f in report.findings):
+            origin = _hunt(model, inputs, saved)
+            if origin is not None:  # the op that made the first NaN/Inf, named in the finding
+                monitor.annotate(nonfinite_origin=origin.to_dict())
+                report = monitor.report()
+        return report
     finally:
         saved.restore()

@@ -16,7 +16,7 @@ import numpy as np
 
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.findings import Cause, Finding
+from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 
 _FORWARD_BIRTH = "its forward output is non-finite"
@@ -100,6 +100,48 @@ def _input_finding(run: Run, steps: list[int], count: float, targets: int) -> Fi
                    {"input_steps": steps, "first_input_count": count, "target_count": targets})
 
 
+def _op_finding(run: Run, origin: dict, first: Optional[int], bad: np.ndarray, bad_params: list[str]) -> Finding:
+    """The finding when the op that made the first NaN/Inf is known (``gradvet.check`` hunted it): name
+    the op, the modules around it, the source line, why its input left the domain, and its guard."""
+    from gradvet._nanhunt import GUARDS, Origin
+
+    o = Origin.from_dict(origin)
+    step = int(run.steps[first]) if first is not None and len(run.steps) > first else 0
+    evidence = f"non-finite values from step {step}"
+    if bad_params:
+        evidence += f", in the gradients of {len(bad_params)} parameter tensor(s) on {int(bad.sum())} of {len(bad)} steps"
+    evidence += f"; the NaN/Inf is born {o.describe()}"
+    if not o.leaf and o.next:
+        evidence += f"; {o.next!r} only receives it: the op is called in forward(), not a layer"
+    layers = [x for x in ((o.module,) if o.leaf else (o.after, o.next)) if x]
+    causes = [Cause("birthplace", f"`{o.op}`" + (f", where {o.detail}" if o.detail else ""), 0.95),
+              Cause("numerics", "an operation evaluated outside its domain (log or sqrt of a negative number, "
+                    "division by 0, exp or a matmul past the float range)", 0.6)]
+    rems: list[Remedy] = []
+    if o.leaf:  # a module: DomainGuard can wrap it (gradvet.treat applies it)
+        fix = f"; in its code: {GUARDS[o.kind]}" if o.kind in GUARDS else ""
+        rems.append(remedy("guard:domain", 0.9, f"the NaN/Inf is born in {o.module!r}'s forward output "
+                                                f"(`{o.op}`){fix}"))
+    elif o.kind in GUARDS:
+        rems.append(Remedy("guard:domain", f"keep `{o.op}`'s input in its domain at {o.where or 'its call'}: "
+                           f"{GUARDS[o.kind]}", f"# {o.where}\n" + GUARDS[o.kind].split("  (")[0].split(", or")[0],
+                           0.9))
+    elif "overflows float16" in o.detail or "overflows bfloat16" in o.detail:
+        rems.append(Remedy(
+            "guard:domain",
+            f"`{o.op}` overflows half precision at {o.where or 'its call'}: compute it in bfloat16 (the range of "
+            "float32) or float32, or scale its inputs down first; a GradScaler cannot help a forward overflow",
+            "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):  # instead of model.half() / float16\n"
+            "    loss = loss_fn(model(x), y)",
+            0.9))
+    else:
+        rems.append(remedy("guard:domain", 0.8, f"`{o.op}` overflows in {o.module or o.after or 'the model'!r}"))
+    rems += [remedy("skip_nonfinite", 0.7), remedy("clip:norm", 0.5), remedy("lr:lower", 0.4)]
+    return Finding("nonfinite_gradients", "error", layers, evidence, causes, rems,
+                   {"first_step": first, "parameters": bad_params, "born_at": o.module if o.leaf else None,
+                    "op": o.op, "between": [o.after, o.next], "where": o.where})
+
+
 @register_rule("nonfinite")
 def nonfinite_rule(run: Run) -> list[Finding]:
     in_steps, in_count = _bad_input_steps(run)
@@ -135,6 +177,9 @@ def nonfinite_rule(run: Run) -> list[Finding]:
     if s is not None and first is not None:
         row = np.nan_to_num(s.values[first].astype(np.float64), nan=0.0)
         bad_params = [names[i] for i in np.where(row > 0)[0]]
+    origin = run.meta.get("nonfinite_origin")  # gradvet.check's op-by-op hunt (gradvet._nanhunt)
+    if isinstance(origin, dict) and origin.get("op"):
+        return [_op_finding(run, origin, first, bad, bad_params)]
     layers: list[str] = [born] if born else sorted({run.params[names.index(p)]["layer"] for p in bad_params})
     step_txt = f" from step {int(run.steps[first])}" if first is not None and len(run.steps) > first else ""
     evidence = f"non-finite gradients{step_txt} in {len(bad_params)} parameter tensor(s)"
@@ -147,6 +192,9 @@ def nonfinite_rule(run: Run) -> list[Finding]:
             evidence += (f" (layers are measured every {run.meta.get('config', {}).get('layer_every', '?')} steps: "
                          f"the origin is read at step {seen_at}, the first measured one after step "
                          f"{int(run.steps[first])}; profile='full' or gradvet.check read it where it happens)")
+        if how.startswith(_FORWARD_BIRTH) and run.meta.get("source") != "check":  # a live run sees module outputs
+            evidence += ("; if an op called in forward() between layers made it, gradvet.check(model, batch, "
+                         "loss_fn) on that batch names the op and its line")
     causes = [Cause("birthplace", f"{born!r}: {how}", 0.9)] if born else []
     bad_weights = _nonfinite_weights(run)
     if bad_weights:
