@@ -16,6 +16,7 @@ regime. For each profile, and for ``gradvet.check``, this script reports:
 Usage::
 
     python bench/taps.py --threads 1 --steps 20 --rounds 7 --json taps.json
+    python bench/taps.py --device-path     # the ops a GPU runs (no CPU-only shortcuts), on the CPU
     python bench/taps.py --models gpt2-proxy --profile-ops full   # torch.profiler top ops
 """
 
@@ -207,11 +208,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each round (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--tiny", action="store_true", help="smaller proxies (smoke tests)")
+    p.add_argument(
+        "--device-path", action="store_true",
+        help="turn gradvet's CPU-only shortcuts off: the ops a GPU runs, timed on the CPU",
+    )
     p.add_argument("--profile-ops", default=None, metavar="PROFILE", help="print torch.profiler's top ops and exit")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     setup_device(args.device, args.threads)
+    if args.device_path:
+        from gradvet.stats import _layer
+
+        _layer.CPU_SHORTCUTS = False
     if args.profile_ops:
         for name in args.models:
             profile_ops(name, args.profile_ops, args)

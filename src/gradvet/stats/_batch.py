@@ -46,12 +46,21 @@ class CallLog:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def add(self, layer: int, numel: int, *values: Tensor) -> None:
-        """Hold one call's ``values`` (0-d tensors, any dtype) for ``layer``; ``numel`` values were read."""
+    def add(self, layer: int, numel: int, *values: Optional[Tensor]) -> None:
+        """Hold one call's ``values`` (0-d tensors, any dtype; None for a known 0) for ``layer``;
+        ``numel`` values were read."""
         self.layers.append(layer)
         self.numels.append(numel)
         for col, v in zip(self.columns, values):
-            col.append(v)
+            col.append(self._zero if v is None else v)
+
+    @property
+    def _zero(self) -> Tensor:
+        # one 0-d zero shared by the calls that need no count (CPU, finite values)
+        z = self.__dict__.get("_zero_t")
+        if z is None:
+            z = self.__dict__["_zero_t"] = torch.zeros((), dtype=torch.int64)
+        return z
 
     def clear(self) -> None:
         self.layers, self.numels = [], []
@@ -166,6 +175,7 @@ class LayerSums:
         self.n_layers = n_layers
         self.device: Optional[torch.device] = None
         self.outputs = CallLog(3)  # output_sums: var, mean, non-finite count
+        self.cpu_outputs = CallLog(3)  # cpu_output_sums: sum, norm, non-finite count
         self.grads = CallLog(2)  # grad_sums: norm, non-finite count
         self.saturated = CallLog(1)  # saturated entries of an activation output
         self.inputs = CallLog(2)  # ||dL/dx * x||, ||dL/dx|| of a layer input
@@ -180,7 +190,7 @@ class LayerSums:
     def flush(self) -> None:
         """Add the held calls into the tables (a few batched ops; no host sync)."""
         dev, n_layers = self._dev(), self.n_layers
-        if len(self.grads) or len(self.outputs) or len(self.saturated):
+        if len(self.grads) or len(self.outputs) or len(self.cpu_outputs) or len(self.saturated):
             if self.table is None:
                 self.table = torch.zeros(n_layers, 8, dtype=torch.float64, device=dev)
             t = self.table
@@ -192,6 +202,11 @@ class LayerSums:
                 var, mean, bad = v.unbind(1)
                 # finite entries (non-finite ones were read as 0): sum, sum of squares, count
                 sums = torch.stack([mean * n, (var + mean.square()) * n, n - bad, bad], dim=1)
+                t[:, [3, 4, 5, 7]] += per_layer(a, sums)
+            if len(self.cpu_outputs):
+                v, n, a = self.cpu_outputs.gather(dev, n_layers)
+                total, norm, bad = v.unbind(1)
+                sums = torch.stack([total, norm.square(), n - bad, bad], dim=1)
                 t[:, [3, 4, 5, 7]] += per_layer(a, sums)
             if len(self.saturated):
                 v, _, a = self.saturated.gather(dev, n_layers)
@@ -223,3 +238,62 @@ class LayerSums:
         self.sens.zero_()
         self.sens_seen = False
         return out
+
+
+class HeldGrads:
+    """Gradients reaching layer outputs, held for the rest of the backward pass and reduced together.
+
+    A gradient hook that reduced its gradient at once would dispatch its norm and its
+    non-finite count for every layer; held until the end of the backward pass (the
+    autograd engine's final callback) they are reduced with one fused ``_foreach_norm``
+    per (device, dtype) group. Memory stays bounded: once the held gradients reach
+    ``cap_bytes`` they are reduced on the spot (a large gradient is reduced alone), so a
+    gradient lives at most until its group is reduced, never to the end of the step.
+    """
+
+    def __init__(self, log: CallLog, cap_bytes: int = 64 << 20) -> None:
+        self.log, self.cap = log, cap_bytes
+        self.held: list[tuple[int, Tensor]] = []
+        self.bytes = 0
+
+    def add(self, layer: int, g: Tensor) -> bool:
+        """Hold ``g`` for ``layer``; True when it is the first held one (queue the reduction)."""
+        first = not self.held
+        self.held.append((layer, g))
+        self.bytes += g.numel() * g.element_size()
+        if self.bytes >= self.cap:
+            self.reduce()
+        return first
+
+    def reduce(self) -> None:
+        """Reduce every held gradient into the log (norm and non-finite count per call)."""
+        held, self.held, self.bytes = self.held, [], 0
+        groups: dict[tuple, list[int]] = {}
+        for k, (_, g) in enumerate(held):
+            groups.setdefault((g.device, g.dtype), []).append(k)
+        for (device, dtype), ks in groups.items():
+            gs = [held[k][1] for k in ks]
+            norms, counts = foreach_grad_sums(gs, device, dtype)
+            for k, n, c in zip(ks, norms, counts):
+                layer, g = held[k]
+                self.log.add(layer, g.numel(), n, c)
+
+
+def foreach_grad_sums(
+    gs: list[Tensor], device: torch.device, dtype: torch.dtype
+) -> tuple[list[Tensor], list[Optional[Tensor]]]:
+    """``(||g||, non-finite count)`` of each of ``gs`` (one device and dtype) in a few fused ops.
+
+    Half precision accumulates in float32. On the CPU (scalars read without a sync) the counts
+    are None where the norm is finite; elsewhere ``g - g`` (0 where finite, NaN elsewhere) is
+    counted by a fused 0-norm for the whole group.
+    """
+    from gradvet.stats import _layer
+
+    half = dtype in (torch.float16, torch.bfloat16)
+    norms = list(torch._foreach_norm(gs, 2, dtype=torch.float32) if half else torch._foreach_norm(gs, 2))
+    if _layer.CPU_SHORTCUTS and device.type == "cpu":
+        finite = torch.isfinite(torch.stack(norms)).tolist()  # sync-ok: CPU tensors
+        return norms, [None if ok else torch.count_nonzero(g - g) for g, ok in zip(gs, finite)]
+    diffs = torch._foreach_sub(gs, gs)
+    return norms, list(torch._foreach_norm(diffs, 0))
