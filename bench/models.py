@@ -178,7 +178,7 @@ def gpt2_proxy(device: torch.device, tiny: bool = False) -> Workload:
 
 def resnet_graph(width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000) -> nn.Module:
     """torchvision's ResNet-50 (``Bottleneck``, 3-4-6-3, in-place ReLU) with base width ``width`` (64 there)."""
-    from torchvision.models.resnet import ResNet, Bottleneck
+    from torchvision.models.resnet import Bottleneck, ResNet
 
     model = ResNet(Bottleneck, list(blocks), num_classes=classes)
     if width == 64:

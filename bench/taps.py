@@ -31,7 +31,15 @@ from collections import Counter
 from typing import Any, Callable, Optional
 
 import torch
-from common import env_info, forward_backward, print_table, setup_device, timed2, train_step, write_json
+from common import (
+    env_info,
+    forward_backward,
+    print_table,
+    setup_device,
+    timed2,
+    train_step,
+    write_json,
+)
 from models import Workload, build
 from torch.utils._python_dispatch import TorchDispatchMode
 

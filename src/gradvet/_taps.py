@@ -42,15 +42,14 @@ from torch.overrides import TorchFunctionMode
 
 from gradvet._hooks import HookSet
 from gradvet._layers import LayerInfo
-from gradvet.stats._activations import FUNCTIONAL, ActivationKind
 from gradvet.stats import _layer as layer_stats
+from gradvet.stats._activations import FUNCTIONAL, ActivationKind
 from gradvet.stats._batch import HeldGrads, LayerSums
 from gradvet.stats._layer import (
     N_ACC,
     activation_stats,
-    derive_layer_stats,
     cpu_output_sums,
-    grad_sums,
+    derive_layer_stats,
     output_sums,
     time_stats,
 )

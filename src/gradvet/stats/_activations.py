@@ -145,10 +145,40 @@ for _cls, _name, _fns in (
     register_activation(_cls, (lambda n: (lambda m: ActivationKind(n, lambda x: x)))(_name), *_fns)
 
 
+#: Activation modules of other libraries, read as the torch kind they compute, by (package, class name):
+#: gradvet does not import them. Hugging Face's GPT-2 MLP holds ``NewGELUActivation`` (a tanh formula,
+#: not ``F.gelu``), timm's blocks ``timm.layers.GELU``; ``relu2`` (ReLU squared) is zero where ReLU is.
+THIRD_PARTY: dict[tuple[str, str], type] = {
+    **{("transformers", n): nn.GELU for n in (
+        "GELUActivation", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation", "GELUTanh",
+        "PytorchGELUTanh", "AccurateGELUActivation", "ClippedGELUActivation")},
+    ("transformers", "SiLUActivation"): nn.SiLU,
+    ("transformers", "MishActivation"): nn.Mish,
+    ("transformers", "ReLUSquaredActivation"): nn.ReLU,
+    **{("timm", n): nn.GELU for n in ("GELU", "GELUTanh", "QuickGELU")},
+    ("timm", "Swish"): nn.SiLU,
+    ("timm", "Mish"): nn.Mish,
+    ("timm", "HardMish"): nn.Mish,
+    ("timm", "Sigmoid"): nn.Sigmoid,
+    ("timm", "Tanh"): nn.Tanh,
+    ("timm", "HardSwish"): nn.Hardswish,
+    ("timm", "HardSigmoid"): nn.Hardsigmoid,
+}
+
+
 def activation_kind(module: nn.Module) -> Optional[ActivationKind]:
-    """Return the registered kind of an activation module, or None if it is not one."""
+    """Return the registered kind of an activation module, or None if it is not one.
+
+    Example:
+        >>> activation_kind(nn.ReLU()).name, activation_kind(nn.Linear(2, 2))
+        ('relu', None)
+    """
     for cls in type(module).__mro__:
         factory = ACTIVATIONS.get(cls)
         if factory is not None:
             return factory(module)
+    cls = type(module)
+    same = THIRD_PARTY.get((cls.__module__.split(".", 1)[0], cls.__name__))
+    if same is not None and not any(True for _ in module.parameters()):
+        return ACTIVATIONS[same](same())
     return None
