@@ -77,6 +77,15 @@ def loss_chart(run: Run, name: str = "loss") -> Optional[Chart]:
     )
 
 
+def _span_note(m: np.ndarray) -> str:
+    """``"this one spans 2.7 decades. "``: the spread of the drawn lines, so the caption never contradicts
+    the chart next to it."""
+    v = m[np.isfinite(m) & (m > 0)]
+    if v.size < 2:
+        return ""
+    return f"this one spans {float(np.log10(v.max() / v.min())):.1f} decades. "
+
+
 def gradient_flow_chart(run: Run, name: str = "gradient-flow") -> Optional[Chart]:
     """Per-layer gradient signal (RMS of dL/d output) across depth at the first, middle and last step."""
     layers = signal_layers(run)
@@ -93,8 +102,10 @@ def gradient_flow_chart(run: Run, name: str = "gradient-flow") -> Optional[Chart
         xlabel="layer (input side → output side)", ylabel="RMS of dL/d(layer output) (log)", logy=True,
         xticklabels=[layer_label(x) for x in layers], colors=_step_colors(len(lines)), markers=True,
         caption="Each line is one training step: the per-element size of the gradient arriving at each layer's "
-        "output. A healthy network keeps it within about one decade from output to input; a line that falls "
-        "by many decades towards the input is vanishing gradients, one that rises is exploding gradients."
+        "output. Layers of different widths and kinds (embeddings, norms, attention) sit at different levels, "
+        f"so a healthy network can span a few decades; {_span_note(m[rows])}What signals a problem is a trend "
+        "along the depth: a line that falls towards the input by 2 decades or more below the output side is "
+        "vanishing gradients (an error at 4), one that rises by 1.5 decades or more is exploding gradients."
         + _nonfinite_note(run),
     )
 

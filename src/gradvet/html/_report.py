@@ -19,6 +19,7 @@ from gradvet.html._charts import (
     time_profile_chart,
     update_ratio_chart,
 )
+from gradvet.html._data import activation_layers, applicable
 from gradvet.html._findings import findings_html, layer_table_html
 from gradvet.html._page import missing, page, section
 from gradvet.record._run import Run
@@ -53,6 +54,21 @@ def _unrecognised(run: Run) -> str:
     seen = ", ".join(f"{t} (×{n})" if n > 1 else t for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f" Modules without parameters that it saw but does not recognise as activations: {seen}. An "
             "activation among them is not measured here.")
+
+
+def _smooth_only(run: Run) -> str:
+    """Why the saturation chart is empty when the model has activations that neither saturate nor die
+    (GPT-2's GELUs): counted by kind; empty when it has no activation at all."""
+    acts = activation_layers(run)
+    if not acts or any(applicable(x, "sat_frac") or applicable(x, "dead_frac") for x in acts):
+        return ""  # none, or some that could be drawn: the chart is missing for another reason
+    counts: dict[str, int] = {}
+    for layer in acts:
+        counts[layer["activation"]] = counts.get(layer["activation"], 0) + 1
+    seen = ", ".join(f"{k.upper()} (×{n})" if n > 1 else k.upper() for k, n in sorted(counts.items()))
+    return (f"This model's activations, {seen}, neither saturate nor die: smooth or leaky activations "
+            "(GELU, SiLU, Mish, LeakyReLU, ELU) pass a gradient for every input, so there is no saturated or "
+            "dead unit to draw. Their gradient signal is in the charts above.")
 
 
 def _meta_html(run: Run, report: Any) -> str:
@@ -92,7 +108,8 @@ def render_report(run: Run, title: str = "gradvet report") -> str:
     for anchor, heading, fn, note in _SECTIONS:
         chart = fn(run)
         if chart is None:
-            note += _unrecognised(run) if anchor == "activations" else ""
+            if anchor == "activations":
+                note = _smooth_only(run) or note + _unrecognised(run)
             parts.append(section(anchor, heading, missing(note)))
         else:
             parts.append(section(anchor, chart.title, chart.html(heading=False)))
