@@ -105,3 +105,12 @@ def test_memory_tiny_reports_record_size(tmp_path: Path) -> None:
     )
     assert data["record_bytes"] > 0 and data["record_bytes_per_step"] > 0
     assert len(data["samples"]) == 4
+
+
+@pytest.mark.slow
+def test_taps_tiny_proxies_write_ops_and_per_layer_cost(tmp_path: Path) -> None:
+    data = _run("taps.py", ["--tiny", "--steps", "1", "--rounds", "1", "--warmup", "1"], tmp_path / "t.json")
+    for name in ("gpt2-proxy", "resnet-proxy"):
+        rows = data["models"][name]["rows"]
+        assert {"plain", "economy", "full", "check", "fwd+bwd"} <= set(rows)
+        assert rows["full"]["gradvet_ops"] > 0 and rows["full"]["us_per_layer"] == rows["full"]["us_per_layer"]
