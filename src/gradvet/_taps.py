@@ -418,8 +418,10 @@ class LayerTaps:
         info = self.infos[i]
         if info.role == "activation" and args and isinstance(args[0], Tensor):
             rec = self._producer.get(id(args[0]))
-            if rec is not None:
+            if rec is not None and self.infos[rec[0]].role != "other":
                 return 1 if self.infos[rec[0]].channel_first else -1
+            # no producer, or a parameter-free one that says nothing of the layout (timm's SE holds
+            # `bn = nn.Identity()` between its 1x1 conv and the ReLU): NCHW maps put units on dim 1
             return 1 if y.dim() >= 4 else -1
         return 1 if info.channel_first else -1
 

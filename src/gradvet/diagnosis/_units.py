@@ -4,8 +4,11 @@
   batch passes no gradient to its weights (Lu et al., 2019, "Dying ReLU and
   initialization"). Warning when >= 50% of a layer's units are dead, error at
   >= 90%; judged only where each unit showed >= 16 values in the batch (a
-  squeeze-excitation unit sees one per sample). A healthy He-initialised ReLU layer has almost none at init (a unit is
-  off on a random input with probability ~1/2, on all B inputs with ~2^-B).
+  squeeze-excitation unit sees one per sample), and not where the producing layer
+  outputs exactly zero although its weights are not (its input is zero: a
+  zero-initialised layer upstream, as in NFNet's blocks at init). A healthy
+  He-initialised ReLU layer has almost none at init (a unit is off on a random
+  input with probability ~1/2, on all B inputs with ~2^-B).
 - **saturated** (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an output where
   the activation's derivative is below 10% of its maximum. Warning when >= 50%
   of a layer's outputs are saturated, error at >= 90% (Glorot & Bengio, 2010,
@@ -47,13 +50,47 @@ def _recent(run: Run, stat: str) -> dict[str, float]:
     return out
 
 
+def _weight_norms(run: Run) -> dict[str, float]:
+    """Layer name -> norm of its weights at the last step that measured them."""
+    s = run.get("param/param_norm")
+    if s is None or not len(s.steps):
+        return {}
+    rows = [r for r in s.values.astype(np.float64) if np.isfinite(r).any()]
+    if not rows:
+        return {}
+    out: dict[str, float] = {}
+    for p, v in zip(run.params, rows[-1]):
+        if np.isfinite(v):
+            out[p["layer"]] = float(np.hypot(out.get(p["layer"], 0.0), v))
+    return out
+
+
+def _no_input(run: Run, layer: dict, weights: dict[str, float]) -> bool:
+    """Whether the units of activation ``layer`` are off because nothing reaches them: its producer has
+    non-zero weights yet outputs exactly 0 everywhere, so the producer's own input is 0 (a zero-initialised
+    layer upstream: timm's NFNet zero-inits the last conv of each block, so its squeeze-excitation sees
+    zeros at init, until that conv learns). A unit dies of its own weights, not of a silent input."""
+    prod = producer(run, layer["name"]) if layer.get("role") == "activation" else None
+    if prod is None or weights.get(prod["name"], 0.0) <= 0:
+        return False
+    if (prod.get("facts") or {}).get("bias_mean", 0.0) != 0.0:  # a bias alone would make the output non-zero
+        return False
+    mean, std = _recent(run, "act_mean").get(prod["name"]), _recent(run, "act_std").get(prod["name"])
+    # an output that is exactly 0 everywhere leaves every unit off: anything less is not this case
+    return mean == 0.0 and std == 0.0 and _recent(run, "dead_frac").get(layer["name"], 0.0) >= 1.0
+
+
 def _flagged(run: Run, stat: str, kinds: set[str]) -> list[tuple[dict, float]]:
     vals = _recent(run, stat)
-    return [
+    flagged = [
         (layer, vals[layer["name"]]) for layer in run.ordered_layers()
         if layer.get("activation") in kinds and vals.get(layer["name"], 0.0) >= WARN
         and (stat != "dead_frac" or (layer.get("graph") or {}).get("per_unit", MIN_PER_UNIT) >= MIN_PER_UNIT)
     ]
+    if stat == "dead_frac" and flagged:
+        weights = _weight_norms(run)
+        flagged = [(layer, v) for layer, v in flagged if not _no_input(run, layer, weights)]
+    return flagged
 
 
 def _names(run: Run, flagged: list[tuple[dict, float]]) -> list[str]:
