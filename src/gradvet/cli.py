@@ -343,8 +343,13 @@ def treat(
     if out is not None:
         import torch
 
+        import io
+
+        buf = io.BytesIO()  # serialised in memory first: a full disk then fails as an OSError naming it
+        torch.save(result.model, buf)
         try:
-            torch.save(result.model, out)
+            with open(out, "wb") as fh:
+                fh.write(buf.getbuffer())
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(out)) from None
         if not as_json:

@@ -135,7 +135,7 @@ def test_sigkilled_writer_leaves_a_loadable_record(tmp_path):
     run = gradvet.load(path)
     assert len(run.steps) >= seen >= 10
     assert run.steps.tolist() == list(range(len(run.steps)))  # no torn or missing blocks
-    assert run.meta["status"] == "running"  # it never finished
+    assert run.meta["status"].startswith("interrupted")  # it never finished, and no process writes it now
     assert run.series("param/grad_norm").values.shape == (len(run.steps), 4)
     assert len(gradvet.load(path).steps) == len(
         run.steps

@@ -49,8 +49,14 @@ footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
 
 
 def page(title: str, body: str) -> str:
-    """A complete HTML document: ``body`` inside ``<main>``, the stylesheet inline."""
-    return (
+    """A complete HTML document: ``body`` inside ``<main>``, the stylesheet inline.
+
+    Terminal escape sequences and control characters (from module names) are removed from the whole
+    document: a browser ignores them, but ``cat report.html`` in a terminal would act on them.
+    """
+    from gradvet._render import clean
+
+    return clean(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"

@@ -130,9 +130,31 @@ def is_finished(path: Path) -> bool:
     return True
 
 
+def writer_alive(path: Path) -> Optional[bool]:
+    """Whether a Monitor is writing ``path`` now: its ``PATH.lock`` exists and is locked. A killed
+    writer's lock file stays but its ``flock`` is gone (the kernel drops it). None where there are no
+    locks to ask (Windows)."""
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(str(path) + ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops the shared lock if it was taken
+    return False
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise ValueError(f"record path {str(path)!r} is a directory; give a file name like 'runs/exp1.gradvet'")
+    if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null, /dev/full): never replaced
+        raise ValueError(f"record path {str(path)!r} is not a regular file (a device, FIFO or socket); gradvet "
+                         "never writes over it. Pass a file path such as 'runs/exp1.gradvet'")
     if not path.exists():
         for suffix in _SIDECARS:
             side = Path(str(path) + suffix)

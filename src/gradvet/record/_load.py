@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from gradvet.record._files import is_finished
+from gradvet.record._files import is_finished, writer_alive
 from gradvet.record._run import Run
 from gradvet.record._schema import BLOCK_COUNT_KEY, SCHEMA_VERSION, block_crc, text_crc
 
@@ -152,6 +152,15 @@ def _read(con: sqlite3.Connection, p: Path) -> Run:
     return run
 
 
+def _said_if_abandoned(run: Run, path: Path) -> Run:
+    """A record whose status is still "running" while no writer holds its lock was abandoned: its process
+    was killed or crashed, or the disk filled up before the record could say so. Say that instead."""
+    if run.meta.get("status") == "running" and writer_alive(path) is False:
+        run.meta["status"] = ("interrupted: no process is writing it, but it was never closed (the run was "
+                              "killed or crashed, or the disk filled up); it holds the steps written before")
+    return run
+
+
 def load(path: PathLike) -> Run:
     """Read a record back, also while another process is still writing it.
 
@@ -182,7 +191,7 @@ def load(path: PathLike) -> Run:
     except Exception as e:  # SQLite's message itself may quote damaged bytes (UnicodeDecodeError)
         raise ValueError(f"{str(p)!r} is not a gradvet record, or is damaged ({type(e).__name__}: {e})") from None
     try:
-        return _read(con, p)
+        return _said_if_abandoned(_read(con, p), p)
     except _Damaged as e:
         raise ValueError(f"{str(p)!r} is a damaged gradvet record: {e}") from None
     except sqlite3.Error as e:
@@ -208,6 +217,8 @@ def load_written(path: PathLike, failed: Optional[BaseException]) -> Run:
             raise
         raise ValueError(f"writing the record failed ({type(failed).__name__}: {failed}), and reading it: {e}") from None
     if failed is not None:
+        if str(run.meta.get("status", "")).startswith(("running", "interrupted")):  # the record could not say it
+            run.meta["status"] = f"record write failed: {type(failed).__name__}: {failed}"
         warnings.warn(
             f"gradvet: writing the record {str(path)!r} failed ({type(failed).__name__}: {failed}); "
             f"it holds the {len(run.steps)} steps written before that",
