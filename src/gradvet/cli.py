@@ -341,9 +341,9 @@ def treat(
 
         print_uncut(console, result)
     if out is not None:
-        import torch
-
         import io
+
+        import torch
 
         buf = io.BytesIO()  # serialised in memory first: a full disk then fails as an OSError naming it
         torch.save(result.model, buf)

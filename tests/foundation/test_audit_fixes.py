@@ -31,9 +31,9 @@ from gradvet.html import write_report
 def test_a_fifo_at_the_record_path_is_refused_and_left_alone(tmp_path: Path, overwrite: bool) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    with pytest.raises(ValueError, match="not a regular file"):
-        with gradvet.Monitor(nn.Linear(3, 1), record=fifo, overwrite=overwrite):
-            pass
+    with pytest.raises(ValueError, match="not a regular file"), gradvet.Monitor(nn.Linear(3, 1), record=fifo,
+                                                                              overwrite=overwrite):
+        pass
     assert fifo.is_fifo()
 
 
