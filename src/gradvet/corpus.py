@@ -251,12 +251,12 @@ def _torchvision_healthy() -> list[Case]:
 
 
 # -- timm -----------------------------------------------------------------------------------
-def _timm(name: str, size: int = 64, **kw: Any) -> Callable[[int], Built]:
+def _timm(name: str, size: int = 64, n: int = 2, **kw: Any) -> Callable[[int], Built]:
     def build(seed: int) -> Built:
         import timm
 
         model = _seeded(lambda: timm.create_model(name, pretrained=False, num_classes=10, **kw), seed)
-        return model, images(seed, size=size), F.cross_entropy
+        return model, images(seed, n=n, size=size), F.cross_entropy
     return build
 
 
@@ -278,6 +278,85 @@ def _timm_healthy() -> list[Case]:
         ("dla34", "cnn", _timm("dla34")),
     ]
     return [Case(f"timm/{name}", "timm", fam, b) for name, fam, b in rows]
+
+
+# -- held out: architectures first run after the trunk rule was built --------------------------
+def _held_out_healthy() -> list[Case]:
+    """55 architectures swept on 2026-12-05, none of them seen while the rules were written (docs/corpus.md,
+    "Held-out sweep"): 53 were right at once; NFNet's dead-unit false alarm was then fixed. torchvision's
+    AlexNet is not here: its vanishing warning stands (PyTorch's default init over 8 plain layers)."""
+    dec, enc, s2s = "decoder", "encoder", "encoder-decoder"
+    hf: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("gpt_neox", dec, _hf_lm("GPTNeoXForCausalLM", "GPTNeoXConfig", **_DEC)),
+        ("falcon", dec, _hf_lm("FalconForCausalLM", "FalconConfig", vocab_size=V, hidden_size=64, num_hidden_layers=2,
+                               num_attention_heads=4)),
+        ("gemma", dec, _hf_lm("GemmaForCausalLM", "GemmaConfig", **dict(_DEC, num_key_value_heads=2, head_dim=16))),
+        ("gptj", dec, _hf_lm("GPTJForCausalLM", "GPTJConfig", vocab_size=V, n_embd=64, n_layer=2, n_head=4,
+                             n_positions=64, rotary_dim=8)),
+        ("codegen", dec, _hf_lm("CodeGenForCausalLM", "CodeGenConfig", vocab_size=V, n_embd=64, n_layer=2, n_head=4,
+                                n_positions=64, rotary_dim=8)),
+        ("biogpt", dec, _hf_lm("BioGptForCausalLM", "BioGptConfig", **_ENC)),
+        ("xglm", dec, _hf_lm("XGLMForCausalLM", "XGLMConfig", vocab_size=V, d_model=64, ffn_dim=128, num_layers=2,
+                             attention_heads=4, max_position_embeddings=64)),
+        ("deberta_v2", enc, _hf_lm("DebertaV2ForMaskedLM", "DebertaV2Config", **_ENC)),
+        ("mobilebert", enc, _hf_lm("MobileBertForMaskedLM", "MobileBertConfig", vocab_size=V, hidden_size=64,
+                                   embedding_size=32, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, intra_bottleneck_size=32, true_hidden_size=32)),
+        ("squeezebert", enc, _hf_lm("SqueezeBertForMaskedLM", "SqueezeBertConfig", **dict(_ENC, embedding_size=64))),
+        ("convbert", enc, _hf_lm("ConvBertForMaskedLM", "ConvBertConfig", **dict(_ENC, embedding_size=64))),
+        ("funnel", enc, _hf_lm("FunnelForMaskedLM", "FunnelConfig", vocab_size=V, d_model=64, n_head=4, d_head=16,
+                               d_inner=128, block_sizes=[1, 1])),
+        ("xlnet", dec, _hf_lm("XLNetLMHeadModel", "XLNetConfig", vocab_size=V, d_model=64, n_layer=2, n_head=4,
+                              d_inner=128)),
+        ("megatron_bert", enc, _hf_lm("MegatronBertForMaskedLM", "MegatronBertConfig", **_ENC)),
+        ("mt5", s2s, _hf_seq2seq("MT5ForConditionalGeneration", "MT5Config", vocab_size=V, d_model=64, d_ff=128,
+                                 d_kv=16, num_layers=2, num_heads=4, decoder_start_token_id=0)),
+        ("pegasus", s2s, _hf_seq2seq("PegasusForConditionalGeneration", "PegasusConfig", vocab_size=V, d_model=64,
+                                     encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                     max_position_embeddings=64)),
+        ("marian", s2s, _hf_seq2seq("MarianMTModel", "MarianConfig", vocab_size=V, d_model=64, encoder_layers=2,
+                                    decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                                    encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64,
+                                    pad_token_id=0, decoder_start_token_id=0)),
+        ("mamba", "ssm", _hf_lm("MambaForCausalLM", "MambaConfig", vocab_size=V, hidden_size=64, state_size=8,
+                                num_hidden_layers=2)),
+        ("rwkv", "rnn", _hf_lm("RwkvForCausalLM", "RwkvConfig", vocab_size=V, hidden_size=64, num_hidden_layers=2,
+                               context_length=64)),
+    ]
+    tv: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("resnet34", "cnn", _tv("resnet34")), ("wide_resnet50_2", "cnn", _tv("wide_resnet50_2")),
+        ("vgg16_bn", "cnn", _tv("vgg16_bn", size=32)), ("densenet161", "cnn", _tv("densenet161")),
+        ("efficientnet_v2_s", "cnn", _tv("efficientnet_v2_s")), ("regnet_y_800mf", "cnn", _tv("regnet_y_800mf")),
+        ("mnasnet1_0", "cnn", _tv("mnasnet1_0")), ("shufflenet_v2_x1_0", "cnn", _tv("shufflenet_v2_x1_0")),
+        ("convnext_small", "cnn", _tv("convnext_small")), ("swin_v2_t", "vit", _tv("swin_v2_t")),
+        ("maxvit_t", "vit", _tv("maxvit_t", size=224, n=1)),
+        ("inception_v3", "cnn", _tv("inception_v3", size=75, aux_logits=False, init_weights=True)),
+        ("resnext101_32x8d", "cnn", _tv("resnext101_32x8d", size=32)),
+    ]
+    tm: list[tuple[str, str, Callable[[int], Built]]] = [
+        ("resnet50d", "cnn", _timm("resnet50d")), ("seresnext26d_32x4d", "cnn", _timm("seresnext26d_32x4d")),
+        ("efficientnetv2_rw_t", "cnn", _timm("efficientnetv2_rw_t")),
+        ("mixer_s16_224", "mlp", _timm("mixer_s16_224", size=32, img_size=32)),
+        ("resmlp_12_224", "mlp", _timm("resmlp_12_224", size=32, img_size=32)),
+        ("convmixer_768_32", "cnn", _timm("convmixer_768_32", size=32)),
+        ("levit_128s", "vit", _timm("levit_128s", size=224)), ("pvt_v2_b0", "vit", _timm("pvt_v2_b0")),
+        ("coat_lite_tiny", "vit", _timm("coat_lite_tiny", size=64, img_size=64)),
+        ("xcit_nano_12_p16_224", "vit", _timm("xcit_nano_12_p16_224", size=32, img_size=32)),
+        ("beit_base_patch16_224", "vit", _timm("beit_base_patch16_224", size=32, img_size=32, depth=4)),
+        ("eva02_tiny_patch14_224", "vit", _timm("eva02_tiny_patch14_224", size=28, img_size=28)),
+        ("repvgg_a0", "cnn", _timm("repvgg_a0")), ("hrnet_w18_small", "cnn", _timm("hrnet_w18_small")),
+        ("dpn68", "cnn", _timm("dpn68")), ("mobilevit_xxs", "vit", _timm("mobilevit_xxs", size=64)),
+        ("efficientformer_l1", "vit", _timm("efficientformer_l1", size=224)), ("nfnet_l0", "cnn", _timm("nfnet_l0")),
+        ("nfnet_l0_batch16", "cnn", _timm("nfnet_l0", size=32, n=16)), ("gernet_s", "cnn", _timm("gernet_s")),
+        ("lambda_resnet26t", "cnn", _timm("lambda_resnet26t", size=64)), ("tresnet_m", "cnn", _timm("tresnet_m")),
+        ("inception_v4", "cnn", _timm("inception_v4", size=75)),
+        ("vit_small_layerscale", "vit", _timm("vit_small_patch16_224", size=32, img_size=32, depth=4,
+                                              init_values=1e-5)),
+    ]
+    return ([Case(f"transformers/{n}", "transformers", f, b) for n, f, b in hf]
+            + [Case(f"torchvision/{n}", "torchvision", f, b) for n, f, b in tv]
+            + [Case(f"timm/{n}", "timm", f, b) for n, f, b in tm])
 
 
 # -- torch.nn / pytorch examples ------------------------------------------------------------
@@ -642,7 +721,8 @@ def _orthogonal_recurrent(model: nn.Module, gain: float) -> nn.Module:
 # -- the catalogue ----------------------------------------------------------------------------
 def cases() -> list[Case]:
     """Every case of the corpus: the healthy real architectures, then the sick variants."""
-    return _transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy() + _sick_cases()
+    return (_transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy()
+            + _held_out_healthy() + _sick_cases())
 
 
 def run_case(case: Case, seed: int = 0) -> Any:
