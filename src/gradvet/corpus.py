@@ -283,8 +283,9 @@ def _timm_healthy() -> list[Case]:
 # -- held out: architectures first run after the trunk rule was built --------------------------
 def _held_out_healthy() -> list[Case]:
     """55 architectures swept on 2026-12-05, none of them seen while the rules were written (docs/corpus.md,
-    "Held-out sweep"): 53 were right at once; NFNet's dead-unit false alarm was then fixed. torchvision's
-    AlexNet is not here: its vanishing warning stands (PyTorch's default init over 8 plain layers)."""
+    "Held-out sweep"; NFNet-L0 also at batch 16): 54 were right at once; NFNet's dead-unit false alarm was
+    then fixed. torchvision's AlexNet is not here: its vanishing warning stands (PyTorch's default init
+    over 8 plain layers)."""
     dec, enc, s2s = "decoder", "encoder", "encoder-decoder"
     hf: list[tuple[str, str, Callable[[int], Built]]] = [
         ("gpt_neox", dec, _hf_lm("GPTNeoXForCausalLM", "GPTNeoXConfig", **_DEC)),
