@@ -45,6 +45,7 @@ from gradvet._layers import LayerInfo
 from gradvet.stats import _layer as layer_stats
 from gradvet.stats._activations import FUNCTIONAL, ActivationKind
 from gradvet.stats._batch import HeldGrads, LayerSums
+from gradvet.stats._held import CAP, HeldOutputs
 from gradvet.stats._layer import (
     N_ACC,
     activation_stats,
@@ -139,6 +140,8 @@ class LayerTaps:
         # every hook call's results, held until collect() sums them per layer in a few ops
         self._sums = LayerSums(len(infos))
         self._held_grads = HeldGrads(self._sums.grads)
+        # CPU: outputs held to the end of the forward pass and reduced together (stats._held)
+        self._held_out = HeldOutputs(len(infos))
         self._calls = [0] * len(infos)
         self._time: dict[int, Tensor] = {}
         self._producer: dict[int, tuple[int, Tensor, int]] = {}
@@ -169,6 +172,8 @@ class LayerTaps:
         hooks.add(root.register_forward_pre_hook(self._root_pre))
         hooks.add(root.register_forward_hook(self._root_post, always_call=True))
         for i, (info, mod) in enumerate(zip(self.infos, self.modules)):
+            if mod is root:  # its forward hook runs after _root_post: nothing would reduce a held output
+                self._held_out.unheld.add(i)
             if info.role == "activation":
                 hooks.add(mod.register_forward_pre_hook(self._act_pre))
             if info.time_dim is not None:
@@ -182,6 +187,7 @@ class LayerTaps:
 
     @_eager
     def _root_pre(self, module: nn.Module, args: Any) -> None:
+        self._reduce_outputs()  # a forward that never reached its end (normally none held)
         self._calls = [0] * len(self.infos)
         self._hooked = set()
         if self.structure_pending:
@@ -198,6 +204,7 @@ class LayerTaps:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
+        self._reduce_outputs()
         if self.structure_pending and self._measuring():
             with torch._C.DisableTorchFunction():  # not the user's code: their modes must not see it
                 y = first_tensor(output)  # the last forward's: its nodes are the ones kept (micro-batches)
@@ -223,6 +230,7 @@ class LayerTaps:
     @property
     def _acc(self) -> list[Optional[Tensor]]:
         """Accumulator rows ``[N_ACC]`` per layer (views of the table; None before any call)."""
+        self._reduce_outputs()
         self._reduce_grads()
         self._sums.flush()
         if self._sums.table is None:
@@ -240,6 +248,7 @@ class LayerTaps:
     @property
     def _alive(self) -> list[Optional[Tensor]]:
         """Flat bool alive mask per layer, one segment per call index (None where no units were seen)."""
+        self._reduce_outputs()
         return self._sums.peaks.masks()
 
     @_alive.setter
@@ -300,13 +309,16 @@ class LayerTaps:
                 sums.device = y.device
             n = y.numel()
             if n:
-                if layer_stats.CPU_SHORTCUTS and y.device.type == "cpu":
-                    sums.cpu_outputs.add(i, n, *cpu_output_sums(y))
-                else:
-                    sums.outputs.add(i, n, *output_sums(y))
                 kind = self.kinds[i]
-                if kind is not None and (kind.saturated is not None or kind.can_die):
-                    self._activation(i, call, kind, y, self._unit_dim(i, args, y))
+                act = kind is not None and (kind.saturated is not None or kind.can_die)
+                udim = self._unit_dim(i, args, y) if act else None
+                if not (
+                    layer_stats.CPU_SHORTCUTS and y.device.type == "cpu" and not (act and kind.saturated)  # type: ignore[union-attr]
+                    and self._held_out.add(i, call, y, udim if y.dim() else None, self.structure_pending)
+                ):
+                    self._output_now(i, call, y, udim)
+                elif self._held_out.numel >= CAP:
+                    self._reduce_outputs()
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 y.register_hook(partial(self._on_grad, i))
@@ -322,6 +334,37 @@ class LayerTaps:
                 if self.structure_pending and y.grad_fn is not None:
                     self._sources.append((i, y.grad_fn))
         except Exception as e:  # never let measuring break training
+            self._fail(e)
+
+    def _output_now(self, i: int, call: int, y: Tensor, udim: Optional[int]) -> None:
+        """Reduce layer ``i``'s output ``y`` at once (``udim``: its unit axis if it is an activation)."""
+        sums = self._sums
+        if layer_stats.CPU_SHORTCUTS and y.device.type == "cpu":
+            sums.cpu_outputs.add(i, y.numel(), *cpu_output_sums(y))
+        else:
+            sums.outputs.add(i, y.numel(), *output_sums(y))
+        kind = self.kinds[i]
+        if kind is not None and udim is not None:
+            self._activation(i, call, kind, y, udim)
+
+    def _reduce_outputs(self) -> None:
+        """Reduce the outputs held since the forward began (stats._held); on the structure step, learn
+        which outputs were changed in place after their hook."""
+        held = self._held_out
+        if held.watched:
+            held.learn()
+        if not held.items or self.failed:
+            held.items, held.numel = [], 0
+            return
+        try:
+            with torch._C.DisableTorchFunction():
+                grad = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)
+                try:
+                    held.reduce(self._sums.add_columns, self._add_alive, self._output_now)
+                finally:
+                    torch._C._set_grad_enabled(grad)
+        except Exception as e:
             self._fail(e)
 
     def _tap_input(self, i: int, args: Any, y: Tensor) -> None:
@@ -518,6 +561,7 @@ class LayerTaps:
     def collect(self, inv_scale: Optional[Tensor] = None) -> tuple[Tensor, dict[int, Tensor]]:
         """Return ``([L, 8] stats, {layer: [T] grad norm per time step})`` and reset."""
         dev = self.device or torch.device("cpu")
+        self._reduce_outputs()
         self._reduce_grads()  # a gradient held outside a finished backward pass (normally none)
         acc, dead = self._sums.take()
         stats = derive_layer_stats(acc, dead)

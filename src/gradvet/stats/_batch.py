@@ -218,6 +218,14 @@ class LayerSums:
             self.sens += per_layer(a, torch.stack([v[:, 0].square(), v[:, 1].square(), n], dim=1))
             self.sens_seen = True
 
+    def add_columns(self, layers: Tensor, values: Tensor) -> None:
+        """Add per-output sums into the output columns: ``values [C, 3]`` (float64: sum, sum of squares,
+        finite values) of outputs of ``layers [C]`` (CPU: ``index_add_`` is a sequential, deterministic loop)."""
+        if self.table is None:
+            self.table = torch.zeros(self.n_layers, 8, dtype=torch.float64, device=self._dev())
+        cols = self.table[:, 3:6]
+        cols.index_add_(0, layers, values)
+
     def take(self) -> tuple[Tensor, Tensor]:
         """``(accumulators [L, N_ACC], dead fraction [L])`` of the step; the tables are zeroed for the next."""
         self.flush()
