@@ -183,8 +183,9 @@ def total_grad_norm(run: Run) -> Optional[np.ndarray]:
     return tot
 
 
-def layer_update_ratio(run: Run) -> dict[str, float]:
-    """Median over update steps of each layer's ||dW|| / ||W|| (layers with params only).
+def layer_update_ratio(run: Run, before: Optional[int] = None) -> dict[str, float]:
+    """Median over update steps (those before step ``before``, if given) of each layer's ||dW|| / ||W||
+    (layers with params only).
 
     When some layer starts at exactly zero (zero-init residual branch ends, a zero head), the
     steps where a layer got exactly no gradient are left out: it sits behind that layer, which
@@ -204,6 +205,8 @@ def layer_update_ratio(run: Run) -> dict[str, float]:
             continue
         vals = []
         for r, step in enumerate(u.steps):
+            if before is not None and int(step) >= before:
+                continue
             if g is not None and int(step) in grad_row:
                 gn = g.values[grad_row[int(step)]][idx].astype(np.float64)
                 if np.isfinite(gn).all() and bool((gn == 0.0).all()):

@@ -10,12 +10,17 @@
   grow and their gradients shrink while the updates overshoot.
 - **stalled layers**: a layer whose relative update ||dW||/||W|| stays below
   1/1000 of the median layer's (median over measured updates). Relative to the
-  other layers, so a converged net whose updates are all tiny is not flagged;
+  other layers, so a converged net whose updates are all tiny is not flagged, and
+  judged on the updates before the loss fell to 1/1000 of its early level (after
+  that every update is rounding noise); a layer on a branch behind a layer scale
+  (a gain starting at 1e-6) is allowed that much less;
   parameters that receive gradients but are in no optimizer param group are
   stalled by construction.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -24,10 +29,13 @@ from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import layer_update_ratio, nanmedian, total_grad_norm
 from gradvet.diagnosis._nonfinite import bad_param_steps
 from gradvet.diagnosis._prescribe import remedy
+from gradvet.diagnosis._trunk import smallest_gate
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
 GROWTH, STALL = 1.0, -3.0  # log10 thresholds
+CONVERGED = 1e-3  # the loss at this fraction of its early level: converged, updates are rounding noise
+MIN_UPDATES = 3  # measured updates before convergence needed to call a layer stalled
 LOSS_DIVERGED = 100.0  # the loss this many times its starting level: diverged
 
 
@@ -115,18 +123,49 @@ def stalled_rule(run: Run) -> list[Finding]:
     if not has_optimizer(run):
         return []
     findings = []
-    ratios = layer_update_ratio(run)
+    done = converged_at(run)
+    u = run.get("param/update_ratio")
+    if done is not None and (u is None or int((np.asarray(u.steps) < done).sum()) < MIN_UPDATES):
+        return _orphans(run)  # the loss fell to nothing at once: no update says anything about a layer
+    ratios = layer_update_ratio(run, before=done)
     positive = [v for v in ratios.values() if v > 0 and np.isfinite(v)]
     if len(ratios) >= 2 and positive:
         med = float(np.median(positive))
         # embedding tables move only the rows a batch uses: a small relative update is normal there
         sparse = {x["name"] for x in run.layers if "Embedding" in x["type"]}
+        # a branch behind a layer scale (ConvNeXt, CaiT: a gain starting at 1e-6) gets its gradient through
+        # that gain, so its updates start that much smaller by design, until the gain grows
+        gate = smallest_gate(run)
+        gated = {x["name"] for x in run.layers if (x.get("graph") or {}).get("branch")} if gate else set()
+        allowance = {n: float(np.log10(gate[1])) if gate and n in gated else 0.0 for n in ratios}
         stalled = {
             n: v for n, v in ratios.items()
-            if v <= 0 or (n not in sparse and np.log10(max(v, 1e-300) / med) <= STALL)
+            if v <= 0 or (n not in sparse and np.log10(max(v, 1e-300) / med) <= STALL + allowance[n])
         }
         if stalled:
             findings.append(_stalled(run, stalled, med))
+    return findings + _orphans(run)
+
+
+def converged_at(run: Run) -> Optional[int]:
+    """The first step whose loss is <= 1/1000 of its early level (median of the first steps), or None.
+
+    From there every gradient is at the level of rounding: layers' update ratios differ by orders of
+    magnitude without meaning anything (timm's ConvNeXt memorising a batch: loss 2.4 -> 1e-4 in 4 SGD
+    steps, median update 5.5e-8, its first LayerNorms 1.8e-11)."""
+    loss = np.asarray(run.loss, dtype=np.float64)
+    ok = np.isfinite(loss)
+    if ok.sum() < 3:
+        return None
+    early = float(np.median(loss[ok][:3]))
+    if not early > 0:
+        return None
+    hit = np.where(ok & (loss <= CONVERGED * early))[0]
+    return int(run.steps[hit[0]]) if len(hit) else None
+
+
+def _orphans(run: Run) -> list[Finding]:
+    findings = []
     orphans = _not_in_optimizer(run)
     if orphans:
         findings.append(Finding(

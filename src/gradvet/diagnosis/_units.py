@@ -10,7 +10,8 @@
   He-initialised ReLU layer has almost none at init (a unit is off on a random
   input with probability ~1/2, on all B inputs with ~2^-B).
 - **saturated** (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an output where
-  the activation's derivative is below 10% of its maximum. Warning when >= 50%
+  the activation's derivative is below 10% of its maximum (on a side branch of a
+  graph network, a gate, only ``info``). Warning when >= 50%
   of a layer's outputs are saturated, error at >= 90% (Glorot & Bengio, 2010,
   observed sigmoid top layers saturating at 1 and learning stalling). Measured
   on digits: standardised inputs saturate 0-5% of the first tanh/sigmoid layer;
@@ -131,11 +132,36 @@ def dead_rule(run: Run) -> list[Finding]:
                     "; ".join(parts), causes, rems, {"dead_frac": data})]
 
 
+def _on_branch(run: Run, layer: dict) -> bool:
+    """Whether the activation's producer sits off the trunk (a side branch of a graph network)."""
+    prod = producer(run, layer["name"]) if layer.get("role") == "activation" else layer
+    return bool(((prod or {}).get("graph") or {}).get("branch"))
+
+
+def _gates(run: Run, flagged: list[tuple[dict, float]]) -> Finding:
+    """Saturation on side branches only: an ``info``. A squeeze-excitation gate (Hu et al., 2018) multiplies
+    the trunk's signal by a sigmoid; once trained, gates sit near 0 or 1 (a channel off or on) and the
+    trunk carries the gradient past them (timm's EfficientNet-B0 after training: 60-100% of every SE gate)."""
+    parts = [f"{100 * v:.0f}% of {layer['name']!r}" for layer, v in flagged]
+    return Finding(
+        "saturated_units", "info", _names(run, flagged),
+        f"{len(flagged)} {flagged[0][0]['activation']} layer(s) on side branches sit where their derivative is "
+        f"below 10% of its maximum ({', '.join(parts[:4])}{' ...' if len(parts) > 4 else ''}); gates off the "
+        "trunk (squeeze-excitation, gating) saturate as they learn to switch channels, and the trunk carries "
+        "the gradient past them",
+        (), (), {"sat_frac": {layer["name"]: v for layer, v in flagged}, "branch": True},
+    )
+
+
 @register_rule("saturated")
 def saturated_rule(run: Run) -> list[Finding]:
     flagged = _flagged(run, "sat_frac", SATURATING)
     if not flagged:
         return []
+    branch = [(layer, v) for layer, v in flagged if _on_branch(run, layer)]
+    flagged = [(layer, v) for layer, v in flagged if not _on_branch(run, layer)]
+    if not flagged:
+        return [_gates(run, branch)]
     worst = max(v for _, v in flagged)
     parts = [
         f"{100 * v:.0f}% of outputs of {layer['name']!r} ({layer['activation']}) sit where its derivative is "

@@ -3,7 +3,8 @@
 Rule (needs a training run with an optimizer): the norm of all weight matrices and kernels
 (parameters of 2+ dimensions) grows >= 2x from its early level (median of the first 3-10
 steps) to its late level (median of the last fifth of the run), and the global gradient norm
-peaks >= 3x its early level at a step where the weights have already grown >= 1.5x. In a
+peaks >= 3x its early level at a step where the weights have already grown >= 1.5x, and is
+still >= 2x its early level at the end (a run whose gradient came back down converged). In a
 plain net the gradient reaching a layer is a product of the weights above it, so weights
 that keep growing carry the gradient up with them. When the loss rises as well, the
 exploding-over-training rule (``_training``) reports it with the learning rate first, and
@@ -34,6 +35,7 @@ from gradvet.record._run import Run
 WEIGHT_GROWTH = 2.0  # late / early norm of the weights
 WEIGHT_GROWN_AT_PEAK = 1.5  # the weights had grown this much by the gradient's peak
 GRAD_PEAK = 3.0  # peak / early global gradient norm
+GRAD_LATE = 2.0  # late / early global gradient norm: still high at the end, not a peak the run came down from
 MIN_POINTS = 10  # measured steps of the weights' norm (the default profile measures it every 10th step)
 
 
@@ -74,9 +76,11 @@ def weight_growth_rule(run: Run) -> list[Finding]:
         return []
     wsteps, W, idx = got
     w0, w1 = growth(W, early_window(len(W)))
-    g0, _ = growth(G, early_window(len(G)))
+    g0, g1 = growth(G, early_window(len(G)))
     if not (w0 > 0 and w1 >= WEIGHT_GROWTH * w0 and g0 > 0):
         return []
+    if not g1 >= GRAD_LATE * g0:  # the gradient came back down: a converging run (Llama memorising a batch
+        return []                 # under SGD: weights 2.4x, gradient peak 5.2x, late level 0.25x)
     # the gradient's peak, among the steps where the weights had grown already
     w_at = np.interp(np.asarray(run.steps, dtype=np.float64), wsteps.astype(np.float64), W)
     grown = np.isfinite(G) & (w_at >= WEIGHT_GROWN_AT_PEAK * w0)
