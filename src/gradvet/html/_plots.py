@@ -299,7 +299,7 @@ def bar_chart(
     labels = list(groups)
     series = list(dict.fromkeys(s for g in groups.values() for s in g))
     width = 0.8 / max(len(series), 1)
-    points = 0
+    points, diverged = 0, False
     with figure(name) as (fig, ax):
         finite = [v for g in groups.values() for v in g.values() if np.isfinite(v) and (v > 0 or not logy)]
         top = max(finite) * (3 if logy else 1.1) if finite else 1.0
@@ -311,7 +311,9 @@ def bar_chart(
             points += int(ok.sum())
             for x in xs[np.isinf(vals)]:
                 ax.bar(x, top, width * 0.92, color="white", edgecolor=_palette(j), hatch="//")
-                ax.text(x, top, "diverged", rotation=90, ha="center", va="top", fontsize=7)
+                ax.text(x, top, "diverged", rotation=90, ha="center", va="top", fontsize=9, fontweight="bold",
+                        color="#444444")
+                diverged = True
         if hline is not None:
             ax.axhline(hline[0], color="#777777", linestyle="--", linewidth=1.0, label=hline[1])
         if logy:
@@ -321,7 +323,13 @@ def bar_chart(
         if xlabel:
             ax.set_xlabel(xlabel)
         ax.grid(axis="x", visible=False)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+        handles, names = ax.get_legend_handles_labels()
+        if diverged:  # the legend shows the hatched bar as it is drawn, not a solid patch
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(facecolor="white", edgecolor="#444444", hatch="//"))
+            names.append("diverged (non-finite loss)")
+        ax.legend(handles, names, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return Chart(name, title, to_svg(fig), points, caption)
 
 

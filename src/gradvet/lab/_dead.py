@@ -8,7 +8,7 @@ keeps a small slope on the negative side, so the same network still learns.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -72,6 +72,23 @@ def run(ctx: LabContext) -> dict[str, Any]:
     return {"depth": DEPTH, "steps": spec.steps, "runs": out}
 
 
+def _spread(lines: dict[str, tuple[Any, Any]]) -> str:
+    """`` Here the worst layer moves between 47% and 100% after the first step.``: the range the chart
+    shows, so the caption says what the reader sees."""
+    best: Optional[tuple[float, float, str]] = None
+    for label, (_, pct) in lines.items():
+        v = np.asarray(pct, dtype=np.float64)[1:]
+        v = v[np.isfinite(v)]
+        if v.size and (best is None or float(v.mean()) > (best[0] + best[1]) / 2):
+            best = (float(v.min()), float(v.max()), label)
+    if best is None:
+        return ""
+    lo, hi, label = best
+    if hi - lo < 1.0:
+        return f" The worst ({label}) stays at {hi:.0f}% after the first step."
+    return f" The worst ({label}) moves between {lo:.0f}% and {hi:.0f}% after the first step."
+
+
 def charts(res: dict[str, Any], ctx: LabContext) -> list[Any]:
     runs = {label: ctx.load(r["record"]) for label, r in res["runs"].items()}
     dead_lines = {}
@@ -88,8 +105,10 @@ def charts(res: dict[str, Any], ctx: LabContext) -> list[Any]:
         lines_chart("lab-dead-fraction", "Dead ReLU units over training", dead_lines, xlabel="optimizer step",
                     ylabel="% of units dead on the whole batch",
                     caption="Share of each ReLU layer's units that output zero for every example of the batch "
-                    "(no gradient reaches their weights). Dead units stay dead: plain SGD cannot revive them. "
-                    "LeakyReLU units cannot die, so they are not drawn."),
+                    f"(no gradient reaches their weights on that batch).{_spread(dead_lines)} A unit off on one "
+                    "batch may fire on the next, so the share moves from batch to batch; a unit off on every "
+                    "batch gets no gradient ever, and plain SGD cannot revive it. LeakyReLU units cannot die, "
+                    "so they are not drawn."),
     ]
 
 
