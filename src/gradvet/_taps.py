@@ -139,7 +139,7 @@ class LayerTaps:
         self._next_order = 0
         # every hook call's results, held until collect() sums them per layer in a few ops
         self._sums = LayerSums(len(infos))
-        self._held_grads = HeldGrads(self._sums.grads)
+        self._held_grads = HeldGrads(self._sums.grads, direct=self._sums.add_grads)
         # CPU: outputs held to the end of the forward pass and reduced together (stats._held)
         self._held_out = HeldOutputs(len(infos))
         self._calls = [0] * len(infos)
@@ -352,7 +352,8 @@ class LayerTaps:
         which outputs were changed in place after their hook."""
         held = self._held_out
         if held.watched:
-            held.learn()
+            with torch._C.DisableTorchFunction():  # reading version counters: not the user's code
+                held.learn()
         if not held.items or self.failed:
             held.items, held.numel = [], 0
             return

@@ -16,7 +16,7 @@ structure is first seen, none after.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ class CallLog:
         >>> log.add(1, 10, torch.tensor(3.0), torch.tensor(0))
         >>> log.add(1, 5, torch.tensor(4.0), torch.tensor(2))
         >>> cols, n, assign = log.gather(torch.device("cpu"), 3)
-        >>> per_layer(assign, cols).tolist(), per_layer(assign, n[:, None]).tolist()
+        >>> per_layer(assign, cols, 3).tolist(), per_layer(assign, n[:, None], 3).tolist()
         ([[0.0, 0.0], [7.0, 2.0], [0.0, 0.0]], [[0.0], [15.0], [0.0]])
     """
 
@@ -67,10 +67,12 @@ class CallLog:
         self.columns = [[] for _ in range(self.width)]
 
     def gather(self, device: torch.device, n_layers: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(values [C, width], numels [C], assignment [L, C])`` on ``device``, and clear.
+        """``(values [C, width], numels [C], assignment)`` on ``device``, and clear.
 
-        Values and numels are float64, the assignment bool; :func:`per_layer` sums the calls
-        of each layer. No host sync once the call structure is cached.
+        Values and numels are float64; the assignment is a bool ``[L, C]`` selection, or on the CPU
+        the int64 layer of each call (``index_add_`` is a sequential, deterministic loop there: one
+        op instead of a ``[L, C, k]`` selection); :func:`per_layer` sums the calls of each layer
+        with either. No host sync once the call structure is cached.
         """
         cols = torch.stack([torch.stack(c).to(device, torch.float64) for c in self.columns], dim=1)
         key = (n_layers, tuple(self.layers), tuple(self.numels))
@@ -79,8 +81,13 @@ class CallLog:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             c = len(self.layers)
-            assign = torch.zeros(n_layers, c, dtype=torch.bool)
-            assign[self.layers, list(range(c))] = True
+            from gradvet.stats import _layer
+
+            if device.type == "cpu" and _layer.CPU_SHORTCUTS:
+                assign = torch.tensor(self.layers, dtype=torch.int64)
+            else:
+                assign = torch.zeros(n_layers, c, dtype=torch.bool)
+                assign[self.layers, list(range(c))] = True
             numels = torch.tensor(self.numels, dtype=torch.float64)
             # note: a host-to-device copy, once per call structure (cached for the steps after)
             cached = self._cache[key] = (numels.to(device), assign.to(device))
@@ -88,8 +95,12 @@ class CallLog:
         return cols, cached[0], cached[1]
 
 
-def per_layer(assign: Tensor, values: Tensor) -> Tensor:
-    """``[L, k]``: the sum of the rows of ``values`` ([C, k]) that ``assign`` ([L, C] bool) gives each layer."""
+def per_layer(assign: Tensor, values: Tensor, n_layers: Optional[int] = None) -> Tensor:
+    """``[L, k]``: the sum of the rows of ``values`` ([C, k]) that ``assign`` gives each layer: a bool
+    ``[L, C]`` selection, or (CPU) the int64 layer of each row with ``n_layers``."""
+    if assign.dtype == torch.int64:
+        out = values.new_zeros(n_layers if n_layers is not None else int(assign.max()) + 1, values.shape[1])
+        return out.index_add_(0, assign, values)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     return torch.where(assign[:, :, None], values[None], zero).sum(1)
 
@@ -183,6 +194,7 @@ class LayerSums:
         self.table: Optional[Tensor] = None
         self.sens: Optional[Tensor] = None
         self.sens_seen = False  # some input was measured since the last take_sens
+        self._grad_maps: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def _dev(self) -> torch.device:
         return self.device or torch.device("cpu")
@@ -196,26 +208,26 @@ class LayerSums:
             t = self.table
             if len(self.grads):
                 v, n, a = self.grads.gather(dev, n_layers)
-                t[:, 0:3] += per_layer(a, torch.stack([v[:, 0].square(), n, v[:, 1]], dim=1))
+                t[:, 0:3] += per_layer(a, torch.stack([v[:, 0].square(), n, v[:, 1]], dim=1), n_layers)
             if len(self.outputs):
                 v, n, a = self.outputs.gather(dev, n_layers)
                 var, mean, bad = v.unbind(1)
                 # finite entries (non-finite ones were read as 0): sum, sum of squares, count
                 sums = torch.stack([mean * n, (var + mean.square()) * n, n - bad, bad], dim=1)
-                t[:, [3, 4, 5, 7]] += per_layer(a, sums)
+                t[:, [3, 4, 5, 7]] += per_layer(a, sums, n_layers)
             if len(self.cpu_outputs):
                 v, n, a = self.cpu_outputs.gather(dev, n_layers)
                 total, norm, bad = v.unbind(1)
                 sums = torch.stack([total, norm.square(), n - bad, bad], dim=1)
-                t[:, [3, 4, 5, 7]] += per_layer(a, sums)
+                t[:, [3, 4, 5, 7]] += per_layer(a, sums, n_layers)
             if len(self.saturated):
                 v, _, a = self.saturated.gather(dev, n_layers)
-                t[:, 6] += per_layer(a, v)[:, 0]
+                t[:, 6] += per_layer(a, v, n_layers)[:, 0]
         if len(self.inputs):
             v, n, a = self.inputs.gather(dev, n_layers)
             if self.sens is None:
                 self.sens = torch.zeros(n_layers, 3, dtype=torch.float64, device=dev)
-            self.sens += per_layer(a, torch.stack([v[:, 0].square(), v[:, 1].square(), n], dim=1))
+            self.sens += per_layer(a, torch.stack([v[:, 0].square(), v[:, 1].square(), n], dim=1), n_layers)
             self.sens_seen = True
 
     def add_columns(self, layers: Tensor, values: Tensor) -> None:
@@ -225,6 +237,22 @@ class LayerSums:
             self.table = torch.zeros(self.n_layers, 8, dtype=torch.float64, device=self._dev())
         cols = self.table[:, 3:6]
         cols.index_add_(0, layers, values)
+
+    def add_grads(self, layers: list[int], numels: list[int], norms: list[Tensor]) -> None:
+        """Add finite gradient norms of ``layers`` (CPU) straight into the table: one ``index_add_``
+        instead of a held entry per call."""
+        key = (tuple(layers), tuple(numels))
+        cached = self._grad_maps.get(key)
+        if cached is None:
+            if len(self._grad_maps) >= _CACHE_SIZE:
+                self._grad_maps.clear()
+            cached = self._grad_maps[key] = (
+                torch.tensor(layers, dtype=torch.int64), torch.tensor(numels, dtype=torch.float64)
+            )
+        if self.table is None:
+            self.table = torch.zeros(self.n_layers, 8, dtype=torch.float64, device=self._dev())
+        sq = torch.stack(norms).double().square_()
+        self.table[:, 0:2].index_add_(0, cached[0], torch.stack([sq, cached[1]], dim=1))
 
     def take(self) -> tuple[Tensor, Tensor]:
         """``(accumulators [L, N_ACC], dead fraction [L])`` of the step; the tables are zeroed for the next."""
@@ -259,8 +287,15 @@ class HeldGrads:
     gradient lives at most until its group is reduced, never to the end of the step.
     """
 
-    def __init__(self, log: CallLog, cap_bytes: int = 64 << 20) -> None:
-        self.log, self.cap = log, cap_bytes
+    def __init__(
+        self,
+        log: CallLog,
+        cap_bytes: int = 64 << 20,
+        direct: Optional[Callable[[list[int], list[int], list[Tensor]], None]] = None,
+    ) -> None:
+        # direct: where every norm of a group is finite on the CPU, (layers, numels, norms) go there
+        # in one call (LayerSums.add_grads) instead of one log entry per gradient
+        self.log, self.cap, self.direct = log, cap_bytes, direct
         self.held: list[tuple[int, Tensor]] = []
         self.bytes = 0
 
@@ -282,6 +317,9 @@ class HeldGrads:
         for (device, dtype), ks in groups.items():
             gs = [held[k][1] for k in ks]
             norms, counts = foreach_grad_sums(gs, device, dtype)
+            if self.direct is not None and device.type == "cpu" and all(c is None for c in counts):
+                self.direct([held[k][0] for k in ks], [g.numel() for g in gs], norms)
+                continue
             for k, n, c in zip(ks, norms, counts):
                 layer, g = held[k]
                 self.log.add(layer, g.numel(), n, c)
