@@ -69,20 +69,26 @@ def load_factory(spec: str) -> Any:
     path = Path(path_s)
     if not path.is_file():
         raise typer.BadParameter(f"no such file: {path_s!r}")
-    mod_spec = importlib.util.spec_from_file_location(f"gradvet_user_{path.stem}", path)
+    # imported under its own name, as pytest imports a test file: classes defined in it then pickle as
+    # `models.Net`, so `treat -o` can save the model and torch.load can read it back beside the file
+    mod_name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else f"gradvet_user_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
     if mod_spec is None or mod_spec.loader is None:
         raise typer.BadParameter(f"cannot import {path_s!r} as a Python file")
     module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_name] = module
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         mod_spec.loader.exec_module(module)
     except SystemExit as e:  # a script run at import: exit 0 would read as "healthy"
+        sys.modules.pop(mod_name, None)
         raise typer.BadParameter(
             f"importing {path_s!r} called sys.exit({e.code!r}): gradvet imports and runs the file, so put "
             "script code under `if __name__ == \"__main__\":`") from None
     except Exception as e:
         from gradvet._cli_guard import describe
 
+        sys.modules.pop(mod_name, None)
         raise typer.BadParameter(f"importing {path_s!r} raised {describe(e)}") from None
     finally:
         sys.path.pop(0)

@@ -201,3 +201,26 @@ def test_describe_names_the_innermost_user_frame():
     assert text.startswith("KeyError: 'k' (at test_cli_exit_codes.py:")
     assert text.endswith("in user_code)")
     assert sys.exc_info() == (None, None, None)
+
+
+def test_treat_saves_a_model_whose_class_is_defined_in_the_users_file(tmp_path):
+    """The audit's `treat -o` found it: the file was imported as `gradvet_user_<stem>`, which pickle could
+    not import back, so saving a model of a class from that file raised PicklingError."""
+    import subprocess
+
+    src = tmp_path / "netdefs.py"
+    src.write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.a, self.b = nn.Linear(4, 16), nn.Linear(16, 2)\n\n"
+        "    def forward(self, x):\n        return self.b(torch.relu(self.a(x)))\n\n\n"
+        "def factory():\n    torch.manual_seed(0)\n"
+        "    return Net(), (torch.randn(32, 4), torch.randint(0, 2, (32,))), torch.nn.functional.cross_entropy\n")
+    out = tmp_path / "treated.pt"
+    res = runner.invoke(app, ["treat", f"{src}:factory", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); m = torch.load(sys.argv[2], weights_only=False); "
+            "print(type(m).__module__, type(m).__name__, tuple(m(torch.zeros(1, 4)).shape))")
+    got = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["netdefs", "Net", "(1,", "2)"]
