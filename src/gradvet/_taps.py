@@ -140,6 +140,9 @@ class LayerTaps:
         # every hook call's results, held until collect() sums them per layer in a few ops
         self._sums = LayerSums(len(infos))
         self._held_grads = HeldGrads(self._sums.grads, direct=self._sums.add_grads)
+        # one gradient hook per layer, made once: a fresh partial per output and step was a Python
+        # allocation per layer per step (more of them make the garbage collector run more often)
+        self._grad_hooks = [partial(self._on_grad, i) for i in range(len(infos))]
         # CPU: outputs held to the end of the forward pass and reduced together (stats._held)
         self._held_out = HeldOutputs(len(infos))
         self._calls = [0] * len(infos)
@@ -321,7 +324,7 @@ class LayerTaps:
                     self._reduce_outputs()
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
-                y.register_hook(partial(self._on_grad, i))
+                y.register_hook(self._grad_hooks[i])
             if info.role == "param":
                 learned = self._functional.get((i, call)) if not self._mode_always else None
                 if learned is not None and n:

@@ -52,12 +52,18 @@ def _cpu_inf_norms(tensors: list[Tensor]) -> list[Tensor]:
 
     The fused inf-norm takes a slow scalar loop on large CPU tensors (3.0 ms vs 0.2 ms with
     aminmax on an 8x512 MLP's gradients): those go through aminmax, which reads each tensor
-    once; the small ones go through one fused call.
+    once; the small ones go through a fused ``abs`` and a fused ``max``; empty ones are 0.
     """
-    small = [i for i, t in enumerate(tensors) if t.numel() < _SMALL]
+    small = [i for i, t in enumerate(tensors) if 0 < t.numel() < _SMALL]
     out: list[Optional[Tensor]] = [None] * len(tensors)
     if small:
-        for i, v in zip(small, torch._foreach_norm([tensors[i] for i in small], float("inf"))):
+        # max of |t|, both fused: ~1.8 us per tensor against ~2.8 us for the fused inf-norm (its CPU
+        # kernel is a scalar loop); the same values, NaN kept (max propagates it)
+        ts = [tensors[i] for i in small]
+        fused = torch._foreach_max(torch._foreach_abs(ts)) if hasattr(torch, "_foreach_max") else (
+            torch._foreach_norm(ts, float("inf"))  # torch < 2.5
+        )
+        for i, v in zip(small, fused):
             out[i] = v
     return [_cpu_absmax(t) if v is None else v for t, v in zip(tensors, out)]
 

@@ -72,7 +72,7 @@ def l2_norms(tensors: Sequence[Tensor]) -> Tensor:
             return torch.stack(list(torch._foreach_norm(ts, 2.0, dtype=torch.float32)))
         except TypeError:  # torch < 2.4 has no dtype argument
             return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in ts])
-    return torch.stack([n.float() for n in torch._foreach_norm(ts, 2.0)])
+    return torch.stack(torch._foreach_norm(ts, 2.0)).float()  # float32 norms: one cast, not one per tensor
 
 
 def update_norms_(before: list[Tensor], after: Sequence[Tensor]) -> Tensor:
