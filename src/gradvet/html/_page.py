@@ -43,6 +43,7 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: ri
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2), th:nth-child(3), td:nth-child(3) { text-align: left; }
 th { background: var(--panel); font-weight: 600; }
 .scroll { overflow-x: auto; }
+table.cures td:nth-child(6), table.cures td:nth-child(7) { white-space: normal; text-align: left; min-width: 11em; }
 footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
 @media (max-width: 820px) { .grid2 { grid-template-columns: 1fr; } dl.meta { grid-template-columns: max-content 1fr; } }
 """

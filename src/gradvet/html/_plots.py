@@ -200,7 +200,10 @@ def heatmap_chart(
     bad = np.zeros(m.shape, dtype=bool) if nonfinite is None else np.asarray(nonfinite, dtype=bool) & ~finite
     if x_steps is None and x_extent is not None and col_labels is None:
         x_steps = np.linspace(x_extent[0], x_extent[1], cols)
-    xe = _edges(np.arange(cols, dtype=np.float64) if x_steps is None or col_labels is not None else x_steps)
+    if col_labels is not None or x_steps is None:  # categories: whole cells centred on 0..cols-1
+        xe = np.arange(cols + 1, dtype=np.float64) - 0.5
+    else:  # training steps: the axis spans exactly the recorded steps
+        xe = _edges(x_steps)
     ye = np.arange(rows + 1, dtype=np.float64) - 0.5
     height = min(7.5, max(2.4, 0.9 + 0.22 * rows))
     with figure(name, height=height) as (fig, ax):

@@ -72,4 +72,4 @@ def table(cures: dict[str, dict[str, Any]]) -> str:
             f"<td>{_sci(r['first_over_last_init'])}</td><td>{loss}</td><td>{100 * r['test_accuracy']:.0f}%</td>"
             f"<td>{escape(', '.join(sorted(set(r['findings']))) or '-')}</td><td>{escape(r['reading'])}</td></tr>"
         )
-    return f'<table class="cures">{head}{"".join(rows)}</table>'
+    return f'<div class="scroll"><table class="cures">{head}{"".join(rows)}</table></div>'
