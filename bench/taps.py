@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import statistics
 import sys
 import warnings
@@ -81,6 +82,9 @@ def time_profile(wl: Workload, profile: Optional[str], steps: int, warmup: int) 
     with _steps(wl, profile) as after:
         for _ in range(warmup):
             train_step(wl, after)
+        # untimed: a full collection left over from an earlier variant (~130 ms on this interpreter's
+        # ~340k objects) must not land in this one's window; the ones this variant causes still count
+        gc.collect()
         wall, cpu = timed2(wl.device, lambda: [train_step(wl, after) for _ in range(steps)])
     return wall / steps, cpu / steps
 
@@ -140,6 +144,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             wall[v].append(w)
             cpu[v].append(c)
         for c_name, fn in calls.items():
+            gc.collect()
             w, c = timed2(wl.device, fn)
             cwall[c_name].append(w)
             ccpu[c_name].append(c)

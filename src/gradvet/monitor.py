@@ -406,7 +406,7 @@ class Monitor:
         try:
             pairs = self._opt_params()
             index = [i for i, _ in pairs]
-            self._before = index, snapshot([p.detach() for _, p in pairs], index, self._snapshots)
+            self._before = index, snapshot([p for _, p in pairs], index, self._snapshots)  # read under no_grad
         except Exception as e:
             self._before = None
             log.warning("gradvet: update snapshot failed: %s", e)
@@ -423,10 +423,11 @@ class Monitor:
             return
         try:
             index, snap = before
-            now = [self.parameters[i].detach() for i in index]
+            now = [self.parameters[i] for i in index]  # read under no_grad: no detach per tensor
             dev = self.parameters[0].device
             if self._dist is not None:
-                dn, wn = self._dist.update_norms(now, snap, index)
+                with torch.no_grad():
+                    dn, wn = self._dist.update_norms(now, snap, index)
             else:
                 # ||W|| is the norm step() measured on these same weights (optimizer.step()
                 # comes after monitor.step()); unbind + stack, not an index tensor (an H2D copy)

@@ -75,6 +75,7 @@ def _cpu_absmax(t: Tensor) -> Tensor:
     return torch.maximum(hi, -lo)
 
 
+@torch.no_grad()  # the parameters are read as they are, without a detach (a dispatched op) per tensor
 def param_stats(
     params: Sequence[Tensor],
     grads: Sequence[Optional[Tensor]],
@@ -128,7 +129,7 @@ def param_stats(
             cols[1][i] = vals.abs().max() if vals.numel() else vals.new_zeros(())
             cols[2][i] = (~torch.isfinite(vals)).sum()
     for (_, _), idx in _group(list(params)).items():
-        pn = _foreach_norm([params[i].detach() for i in idx], 2.0)
+        pn = _foreach_norm([params[i] for i in idx], 2.0)
         for j, i in enumerate(idx):
             cols[3][i] = pn[j]
     nan = torch.full((), float("nan"), device=device)
@@ -183,7 +184,7 @@ def _fast_path(
     gs: list[Tensor] = list(grads)  # type: ignore[arg-type]
     l2 = torch.stack(_foreach_norm(gs, 2.0)).float()
     mx = torch.stack(_foreach_norm(gs, float("inf"))).float()
-    pn = torch.stack(_foreach_norm([p.detach() for p in params], 2.0)).float()
+    pn = torch.stack(_foreach_norm(list(params), 2.0)).float()
     nf = _count_nonfinite(gs, l2) if count_nonfinite else (~torch.isfinite(l2)).float()
     return torch.stack([l2, mx, nf, pn], dim=1)
 

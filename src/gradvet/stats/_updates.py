@@ -14,20 +14,28 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
+_PLAIN = (Tensor, nn.Parameter)
+
+
 def _plain(tensors: Sequence[Tensor]) -> bool:
-    # the fused foreach kernels are for plain tensors; subclasses (DTensor, ...) go one by one
-    return all(type(t) is Tensor for t in tensors)
+    # the fused foreach kernels are for plain tensors and parameters; subclasses (DTensor, ...) go one by one
+    return all(type(t) in _PLAIN for t in tensors)
+
+
+def _kind(t: Tensor) -> type:
+    # a parameter's copy (empty_like) is a plain tensor
+    return Tensor if type(t) is nn.Parameter else type(t)
 
 
 def _fits(buffer: Optional[Tensor], t: Tensor) -> bool:
     return (
         buffer is not None
-        and type(buffer) is type(t)
+        and type(buffer) is _kind(t)
         and buffer.shape == t.shape
         and buffer.dtype == t.dtype
         and buffer.device == t.device
@@ -35,13 +43,15 @@ def _fits(buffer: Optional[Tensor], t: Tensor) -> bool:
     )
 
 
+@torch.no_grad()  # parameters read without a detach per tensor
 def snapshot(
     params: Sequence[Tensor], keys: Sequence[int], buffers: dict[int, Tensor]
 ) -> list[Tensor]:
     """Copy ``params`` into ``buffers`` (keyed by ``keys``) and return them in order.
 
     Args:
-        params: the detached parameters the optimizer is about to change.
+        params: the parameters the optimizer is about to change (read under ``no_grad``: no
+            ``detach`` needed, one dispatched op per tensor saved).
         keys: a stable key per parameter (its index among the monitored ones).
         buffers: the buffers of the previous update step; updated in place: a
             buffer that no longer fits its parameter is replaced, a key that is
@@ -64,6 +74,7 @@ def snapshot(
     return out
 
 
+@torch.no_grad()
 def l2_norms(tensors: Sequence[Tensor]) -> Tensor:
     """L2 norm of each tensor, float32 ``[n]`` (half-precision tensors accumulate in float32)."""
     ts = list(tensors)
@@ -75,6 +86,7 @@ def l2_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(ts, 2.0)).float()  # float32 norms: one cast, not one per tensor
 
 
+@torch.no_grad()
 def update_norms_(before: list[Tensor], after: Sequence[Tensor]) -> Tensor:
     """``||after - before||`` per tensor (float32 ``[n]``); overwrites ``before`` with ``before - after``.
 
