@@ -423,7 +423,7 @@ class Monitor:
             return
         try:
             index, snap = before
-            now = [self.parameters[i] for i in index]  # read under no_grad: no detach per tensor
+            now: list[Tensor] = [self.parameters[i] for i in index]  # read under no_grad: no detach per tensor
             dev = self.parameters[0].device
             if self._dist is not None:
                 with torch.no_grad():
