@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from gradvet._hooks import HookSet
+from gradvet._hooks import HookSet, add_grad_hook
 from gradvet._layers import LayerInfo
 from gradvet.stats import _layer as layer_stats
 from gradvet.stats._activations import FUNCTIONAL, ActivationKind
@@ -324,7 +324,7 @@ class LayerTaps:
                     self._reduce_outputs()
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
-                y.register_hook(self._grad_hooks[i])
+                add_grad_hook(y, self._grad_hooks[i])
             if info.role == "param":
                 learned = self._functional.get((i, call)) if not self._mode_always else None
                 if learned is not None and n:
