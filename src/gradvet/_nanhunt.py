@@ -98,14 +98,25 @@ class Origin:
                    where=str(d.get("where") or ""), detail=str(d.get("detail") or ""))
 
 
+#: op names (``__name__`` without underscores, in-place ``_`` dropped) -> their family in :data:`GUARDS`
+_FAMILY = {
+    **{n: "div" for n in ("div", "divide", "true_divide", "floor_divide", "truediv", "rtruediv", "rdiv",
+                          "floordiv", "rfloordiv")},
+    **{n: "pow" for n in ("pow", "rpow", "float_power")},
+    "arccos": "acos", "arcsin": "asin",
+}
+
+
 def _kind(func: Any) -> str:
-    name = getattr(func, "__name__", str(func)).strip("_").removeprefix("r")
-    name = {"truediv": "div", "true_divide": "div", "divide": "div", "floor_divide": "div", "float_power": "pow",
-            "arccos": "acos", "arcsin": "asin", "ecip": "reciprocal", "eciprocal": "reciprocal"}.get(name, name)
-    raw = getattr(func, "__name__", "")
-    if raw in ("rsqrt", "rsqrt_"):
-        return "rsqrt"
-    name = name.removesuffix("_")
+    """The op's family in :data:`GUARDS` (``torch.sqrt``, ``Tensor.sqrt_`` -> ``sqrt``; ``x / y``,
+    ``torch.div`` -> ``div``), or ``""``.
+
+    Example:
+        >>> _kind(torch.Tensor.__rtruediv__), _kind(torch.rsqrt), _kind(torch.Tensor.log_), _kind(torch.relu)
+        ('div', 'rsqrt', 'log', '')
+    """
+    name = str(getattr(func, "__name__", "")).strip("_").removesuffix("_")
+    name = _FAMILY.get(name, name)
     return name if name in GUARDS else ""
 
 
