@@ -145,6 +145,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "residual:rezero": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "arch:gated_rnn": (lambda: SeqNet("RNN"), seq_batch(), {}),
     "guard:domain": (NanNet, mlp_batch(d=64), {}),
+    "arch:shallower": (lambda: sigmoid_mlp(6, 16), mlp_batch(), {"depth": 3}),
+    "pretrain:layerwise": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {"steps": 5}),
 }
 
 

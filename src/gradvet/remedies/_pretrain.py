@@ -72,17 +72,18 @@ def _train_block(block: nn.Module, h: Tensor, y: Optional[Tensor], method: str, 
     # and a plain MSE would call its near-constant mean a perfect reconstruction
     mean, std = h.mean(0), h.std(0).clamp_min(1e-6)
     losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(h), (batch_size,), generator=gen).to(h.device)
-        out = aux(block(h[idx]))
-        if method == "autoencoder":
-            loss = nn.functional.mse_loss(out, (h[idx] - mean) / std)
-        else:
-            loss = nn.functional.cross_entropy(out, y[idx])  # type: ignore[index]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
+    with torch.enable_grad():  # it trains, also when the caller applies remedies under torch.no_grad()
+        for _ in range(steps):
+            idx = torch.randint(0, len(h), (batch_size,), generator=gen).to(h.device)
+            out = aux(block(h[idx]))
+            if method == "autoencoder":
+                loss = nn.functional.mse_loss(out, (h[idx] - mean) / std)
+            else:
+                loss = nn.functional.cross_entropy(out, y[idx])  # type: ignore[index]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
     curve = torch.stack(losses)
     # one host sync per block, after its loop
     return float(curve[0]), float(curve[-10:].mean())
