@@ -321,7 +321,7 @@ class LayerTaps:
                 ):
                     self._output_now(i, call, y, udim)
                 elif self._held_out.numel >= CAP:
-                    self._reduce_outputs()
+                    self._reduce_outputs(end=False)
             self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 add_grad_hook(y, self._grad_hooks[i])
@@ -350,11 +350,11 @@ class LayerTaps:
         if kind is not None and udim is not None:
             self._activation(i, call, kind, y, udim)
 
-    def _reduce_outputs(self) -> None:
-        """Reduce the outputs held since the forward began (stats._held); on the structure step, learn
-        which outputs were changed in place after their hook."""
+    def _reduce_outputs(self, end: bool = True) -> None:
+        """Reduce the outputs held since the forward began (stats._held); at the end of a forward on the
+        structure step (``end``), learn which outputs were changed in place after their hook."""
         held = self._held_out
-        if held.watched:
+        if held.watched and end:
             with torch._C.DisableTorchFunction():  # reading version counters: not the user's code
                 held.learn()
         if not held.items or self.failed:

@@ -11,7 +11,11 @@
   input with probability ~1/2, on all B inputs with ~2^-B).
 - **saturated** (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an output where
   the activation's derivative is below 10% of its maximum (on a side branch of a
-  graph network, a gate, only ``info``). Warning when >= 50%
+  graph network, a gate, only ``info``; so is the model's output activation, with
+  no parameter after it, once the loss has fallen to half its early level: a
+  classifier that fits its labels drives its output sigmoid to 0 and 1 by design,
+  and a log-likelihood loss undoes the flat tail, e.g. BCE's gradient with respect
+  to the logit is ``p - y``). Warning when >= 50%
   of a layer's outputs are saturated, error at >= 90% (Glorot & Bengio, 2010,
   observed sigmoid top layers saturating at 1 and learning stalling). Measured
   on digits: standardised inputs saturate 0-5% of the first tanh/sigmoid layer;
@@ -27,6 +31,7 @@ import numpy as np
 
 from gradvet.diagnosis._context import DYING, SATURATING, producer, unit_layers
 from gradvet.diagnosis._engine import register_rule
+from gradvet.diagnosis._measures import has_fit
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
@@ -42,13 +47,28 @@ def _recent(run: Run, stat: str) -> dict[str, float]:
     s = run.get(f"layer/{stat}")
     if s is None or not len(s.steps):
         return {}
-    out = {}
-    for layer in run.ordered_layers():
-        col = s.values[-3:, layer["index"]].astype(np.float64)
-        col = col[np.isfinite(col)]
-        if len(col):
-            out[layer["name"]] = float(np.median(col))
-    return out
+    med = recent_median(s.values[-3:])
+    return {layer["name"]: float(med[layer["index"]]) for layer in run.ordered_layers()
+            if layer["index"] < len(med) and not np.isnan(med[layer["index"]])}
+
+
+def recent_median(rows: np.ndarray) -> np.ndarray:
+    """Per column, the median of the finite values of ``rows`` (a few steps x layers), NaN where none is
+    finite; ``np.median`` of each column's finite values, for every column at once (one call per layer
+    was half of a ResNet-50's report).
+
+    Example:
+        >>> recent_median(np.array([[1.0, np.nan, 5.0], [3.0, np.inf, np.nan], [2.0, np.nan, 7.0]])).tolist()
+        [2.0, nan, 6.0]
+    """
+    v = np.where(np.isfinite(rows), rows.astype(np.float64), np.nan)
+    v = np.sort(v, axis=0)  # NaN sorts last: the k finite values of a column come first
+    k = np.isfinite(v).sum(axis=0)
+    cols = np.arange(v.shape[1])
+    lo = v[np.maximum((k - 1) // 2, 0), cols]
+    hi = v[np.maximum(k // 2, 0), cols]
+    with np.errstate(all="ignore"):
+        return np.where(k > 0, np.where(k % 2 == 1, lo, (lo + hi) / 2), np.nan)
 
 
 def _weight_norms(run: Run) -> dict[str, float]:
@@ -153,15 +173,37 @@ def _gates(run: Run, flagged: list[tuple[dict, float]]) -> Finding:
     )
 
 
+def _is_output(run: Run, layer: dict) -> bool:
+    """Whether the activation runs after every parameter layer: its output goes to the loss as it is."""
+    order = layer.get("order", -1)
+    return layer.get("role") == "activation" and order >= 0 and not any(
+        x.get("order", -1) > order for x in run.layers if x["role"] in ("param", "recurrent") and x.get("params")
+    )
+
+
+def _outputs(flagged: list[tuple[dict, float]], run: Run) -> Finding:
+    """Saturation of the output activation of a net that fit its batch: an ``info``."""
+    parts = [f"{100 * v:.0f}% of {layer['name']!r}" for layer, v in flagged]
+    return Finding(
+        "saturated_units", "info", _names(run, flagged),
+        f"the output activation sits where its derivative is below 10% of its maximum ({', '.join(parts)}) "
+        "after the loss fell to half its early level or less: confident outputs of a net that fits its labels, "
+        "with no parameter after them; a log-likelihood loss undoes the flat tail (BCE's gradient with respect "
+        "to the logit is p - y)",
+        (), (), {"sat_frac": {layer["name"]: v for layer, v in flagged}, "output": True},
+    )
+
+
 @register_rule("saturated")
 def saturated_rule(run: Run) -> list[Finding]:
     flagged = _flagged(run, "sat_frac", SATURATING)
     if not flagged:
         return []
-    branch = [(layer, v) for layer, v in flagged if _on_branch(run, layer)]
-    flagged = [(layer, v) for layer, v in flagged if not _on_branch(run, layer)]
-    if not flagged:
-        return [_gates(run, branch)]
+    out = [(layer, v) for layer, v in flagged if _is_output(run, layer)] if has_fit(run) else []
+    branch = [(layer, v) for layer, v in flagged if _on_branch(run, layer) and (layer, v) not in out]
+    flagged = [(layer, v) for layer, v in flagged if not _on_branch(run, layer) and (layer, v) not in out]
+    if not flagged:  # only info: the warning below speaks for the hidden layers alone
+        return ([_gates(run, branch)] if branch else []) + ([_outputs(out, run)] if out else [])
     worst = max(v for _, v in flagged)
     parts = [
         f"{100 * v:.0f}% of outputs of {layer['name']!r} ({layer['activation']}) sit where its derivative is "

@@ -58,6 +58,7 @@ class Run:
     layers: list[dict[str, Any]] = field(default_factory=list)
     _blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     _cache: dict[str, Series] = field(default_factory=dict)
+    _ordered: Optional[tuple[list, int, list[dict[str, Any]]]] = field(default=None, repr=False, compare=False)
 
     def add(self, metric: str, steps: np.ndarray, values: np.ndarray) -> None:
         """Append a block of rows to a metric."""
@@ -122,12 +123,19 @@ class Run:
         return [layer["name"] for layer in self.ordered_layers()]
 
     def ordered_layers(self) -> list[dict[str, Any]]:
-        """Layers sorted input side first (execution order, unexecuted last)."""
-        big = 1 << 30
-        keyed = sorted(
-            enumerate(self.layers), key=lambda t: (t[1].get("order", -1) < 0, t[1].get("order", big), t[0])
-        )
-        return [dict(layer, index=i) for i, layer in keyed]
+        """Layers sorted input side first (execution order, unexecuted last).
+
+        The rules ask for this list dozens of times per report: it is built once per layer table
+        (a new list each call; the dicts are shared and read-only by convention).
+        """
+        cached = self._ordered
+        if cached is None or cached[0] is not self.layers or cached[1] != len(self.layers):
+            big = 1 << 30
+            keyed = sorted(
+                enumerate(self.layers), key=lambda t: (t[1].get("order", -1) < 0, t[1].get("order", big), t[0])
+            )
+            cached = self._ordered = self.layers, len(self.layers), [dict(layer, index=i) for i, layer in keyed]
+        return list(cached[2])
 
     def param_names(self) -> list[str]:
         return [p["name"] for p in self.params]

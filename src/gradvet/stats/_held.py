@@ -14,10 +14,10 @@ map. On a CPU ``bincount`` is a scalar loop (0.43 ms over the GPT-2 proxy's 151k
 against 0.27 ms for 100 float64 sums): 2.5 ms per step against 0.75 ms for this.
 
 An output changed in place later in the forward (a bottleneck's ``bn3`` output by
-``out += identity``, a BatchNorm output by an in-place ReLU) cannot wait: such (layer, call)
-pairs are learned on the structure step, where every output is reduced at once and its
-version counter read again at the end of the forward, and are reduced at hook time on every
-step. One found changed on a later step is read as it is then, and reduced at hook time from
+``out += identity``, a BatchNorm output by an in-place ReLU) cannot wait as it is: such
+(layer, call) pairs are learned on the structure step, where every output is held as a copy
+and its version counter read again at the end of the forward, and are held as a copy (one
+op) on every step. One found changed on a later step is read as it is then, and copied from
 the next step on. A forward whose held outputs are not all finite is reduced one output at a
 time (:func:`~gradvet.stats._layer.cpu_output_sums` counts the non-finite entries).
 
@@ -53,14 +53,19 @@ class HeldOutputs:
 
     def add(self, i: int, call: int, y: Tensor, unit_dim: Optional[int], learning: bool) -> bool:
         """Hold ``y`` (layer ``i``'s output of call ``call``, units on ``unit_dim`` or None); False where
-        it must be reduced now. ``learning`` (the structure step): reduced now, and watched for a change
-        in place until the end of the forward."""
-        if i in self.unheld or (i, call) in self.eager or y.dtype == torch.float64 or not y.numel():
+        it must be reduced now. An output known to be changed in place later in the forward is held as a
+        copy (one op, where reducing it now costs a sum, a norm, a host read and their Python).
+        ``learning`` (the structure step): every output is held as a copy, and ``y`` is watched for a
+        change in place until the end of the forward."""
+        if i in self.unheld or y.dtype == torch.float64 or not y.numel():
             return False
+        udim = None if unit_dim is None else unit_dim % y.dim()
         if learning:
             self.watched.append((i, call, y, y._version))
-            return False
-        self.items.append((i, call, y, y._version, None if unit_dim is None else unit_dim % y.dim()))
+            y = y.clone()
+        elif (i, call) in self.eager:
+            y = y.clone()
+        self.items.append((i, call, y, y._version, udim))
         self.numel += y.numel()
         return True
 
