@@ -142,3 +142,26 @@ def test_resnet_proxy_dead_fractions_match_on_both_steps(device):
             assert not math.isnan(got)
             assert got == pytest.approx(dead, rel=1e-6, abs=1e-12), (name, row)
     assert seen_dead
+
+
+@pytest.mark.parametrize("cap", [1, 50_000], ids=["every-output", "mid-forward"])
+def test_resnet_proxy_exact_when_held_outputs_overflow_their_cap(device, make=_resnet, *, cap, monkeypatch):
+    """Held outputs past the memory cap are reduced mid-forward (at every hook, or once or twice per
+    forward); the outputs changed in place later (bn3 by ``out += identity``, bn1/bn2 by the in-place
+    ReLU) are still measured as their module returned them, on the structure step (copies) and on the
+    steady one."""
+    import gradvet._taps as taps
+
+    monkeypatch.setattr(taps, "CAP", cap)
+    model, x = make(device)
+    ref_model = twin(model)
+    run = _two_steps(model, x)
+    names = [layer["name"] for layer in run.layers if layer["name"].endswith(("bn1", "bn2", "bn3"))]
+    ref = _reference(ref_model, x, names)
+    assert len(names) == 49  # the stem bn1 and 16 blocks x 3
+    for name in names:
+        exp = expected_layer_stats(ref[name])
+        for row in (0, 1):
+            for metric in ("act_mean", "act_std"):
+                assert_close(layer_value(run, metric, name, row), exp[metric], rtol=5e-5, atol=1e-6,
+                             what=f"{name}/{metric}/step {row}")
