@@ -490,7 +490,7 @@ class Monitor:
         """Warn once when the model holds trainable parameters the Monitor does not measure: a layer
         added (or a frozen one unfrozen) after the Monitor was built would otherwise go unseen. Host-side
         only, on flushes: a walk over the parameter list, no device work."""
-        if self._warned_unmonitored:
+        if self._warned_unmonitored or self._meta.get("source") == "check":  # check's model cannot change
             return
         new = [name for name, p in self.model.named_parameters()
                if p.requires_grad and id(p) not in self._param_index]
