@@ -18,6 +18,7 @@ calls chi (Schoenholz et al., 2017): < 1 vanishes, > 1 explodes.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,6 +28,9 @@ from gradvet.record._run import Run
 
 _TINY = 1e-30
 _FLOOR = -30.0  # log10 used for an exactly zero signal (e.g. behind a layer of dead units)
+#: a layer step taken after the loss fell below this fraction of its early level reads a net that has fit
+#: its batch: the depth rules do not judge it
+FIT = 0.5
 
 
 def nanmedian(x: np.ndarray, axis: Any = None) -> Any:
@@ -74,6 +78,41 @@ class Depth:
         return med
 
 
+def before_fit(run: Run, steps: np.ndarray) -> np.ndarray:
+    """Per layer step in ``steps``, whether the net was still learning: its loss above ``FIT`` (1/2) of
+    the early level (median of the first three finite losses). The first layer step always counts.
+
+    Vanishing and exploding with depth describe how the gradient reaches the layers of a net that has
+    yet to learn (Glorot & Bengio, 2010, read them at init and early in training). As a net fits its
+    batch the loss's gradient turns toward what the fitted net can still change, and a LayerNorm removes
+    the part that would only rescale its output: torchvision's ViT, whose trunk reads -0.3 decades at
+    step 1, reads -2.5 at step 50 when its loss has fallen from 2.3 to 0.66, while it keeps learning.
+    A step whose loss is not finite counts (the non-finite rule speaks of it)."""
+    keep = np.ones(len(steps), dtype=bool)
+    loss = np.asarray(run.loss, dtype=np.float64)
+    ok = np.isfinite(loss)
+    if ok.sum() < 3 or not len(steps):
+        return keep
+    early = float(np.median(loss[ok][:3]))
+    if not early > 0:
+        return keep
+    at = dict(zip((int(s) for s in run.steps), loss))
+    fit = np.array([bool(np.isfinite(at.get(int(s), np.nan)) and at[int(s)] <= FIT * early) for s in steps])
+    keep[1:] = ~fit[1:]
+    return keep
+
+
+def has_fit(run: Run) -> bool:
+    """Whether the run's last finite loss is at most ``FIT`` (1/2) of its early level (see
+    :func:`before_fit`): the net has fit its batch to a good part."""
+    loss = np.asarray(run.loss, dtype=np.float64)
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 4:
+        return False
+    early = float(np.median(loss[:3]))
+    return bool(early > 0 and loss[-1] <= FIT * early)
+
+
 def depth_profile(run: Run) -> Optional[Depth]:
     """Signal along the trainable layers, relative to the output-side one; None if < 2 layers."""
     s = run.get("layer/grad_norm")
@@ -95,6 +134,7 @@ def depth_profile(run: Run) -> Optional[Depth]:
     rel[~np.isfinite(vals)] = np.nan
     # a step where the output-side layer itself saw no gradient says nothing
     rel[vals[:, ref_idx] <= _TINY] = np.nan
+    rel[~before_fit(run, s.steps)] = np.nan
     gated = None
     if _has_zero_layer(run):
         # Behind a layer whose parameters are all zero (zero-init residual branch ends: Goyal et al. 2017,
@@ -183,39 +223,65 @@ def total_grad_norm(run: Run) -> Optional[np.ndarray]:
     return tot
 
 
-def layer_update_ratio(run: Run, before: Optional[int] = None) -> dict[str, float]:
-    """Median over update steps (those before step ``before``, if given) of each layer's ||dW|| / ||W||
-    (layers with params only).
+def unused_params(run: Run) -> set[int]:
+    """Indices of the parameters that never received a finite non-zero gradient: the loss does not use
+    them (a pooler under a token loss, XLNet's ``mask_emb`` without a permutation mask), so the optimizer
+    never moves them. A gradient that was NaN/Inf (``param/grad_nonfinite`` > 0) is a gradient: such a
+    parameter is used, and the non-finite rule speaks of it.
+    """
+    g = run.get("param/grad_norm")
+    if g is None or not len(g.steps):
+        return set()
+    v = g.values.astype(np.float64)
+    got = (np.isfinite(v) & (v > 0)).any(axis=0)
+    nf = run.get("param/grad_nonfinite")
+    if nf is not None and len(nf.steps):
+        got |= (np.nan_to_num(nf.values.astype(np.float64), nan=0.0) > 0).any(axis=0)
+    else:  # without the flags a NaN/Inf norm may be a non-finite gradient: call it used
+        got |= (np.isinf(v)).any(axis=0)
+    return {int(i) for i in np.where(~got)[0]}
 
-    When some layer starts at exactly zero (zero-init residual branch ends, a zero head), the
-    steps where a layer got exactly no gradient are left out: it sits behind that layer, which
-    blocks it by design until the first updates move it.
+
+def layer_update_ratios(
+    run: Run, before: Optional[int] = None, skip: Collection[int] = ()
+) -> tuple[list[str], np.ndarray]:
+    """Each layer's ||dW|| / ||W|| at each update step (those before step ``before``, if given).
+
+    Returns:
+        The layer names (layers with parameters not in ``skip``) and a ``[steps, layers]`` array,
+        NaN where the layer was not measured, and where it got exactly no gradient: nothing asked it to
+        move at that step, so its update says nothing about how it learns (a branch that stochastic
+        depth dropped for the whole batch, as torchvision's Swin-V2 does at ``features.5.3`` on step 0
+        of the corpus batch; a layer behind a zero-initialised one, blocked until the first updates).
     """
     u = run.get("param/update_ratio")
     pn = run.get("param/param_norm")
     if u is None or pn is None or not len(u.steps):
-        return {}
+        return [], np.zeros((0, 0))
     row_of = {int(s): i for i, s in enumerate(pn.steps)}
-    g = run.get("param/grad_norm") if _has_zero_layer(run) else None
+    g = run.get("param/grad_norm")
     grad_row = {int(s): i for i, s in enumerate(g.steps)} if g is not None else {}
-    out = {}
-    for layer in run.ordered_layers():
-        idx = layer.get("params") or []
-        if not idx:
-            continue
-        vals = []
-        for r, step in enumerate(u.steps):
-            if before is not None and int(step) >= before:
-                continue
-            if g is not None and int(step) in grad_row:
-                gn = g.values[grad_row[int(step)]][idx].astype(np.float64)
+    layers = [x for x in run.ordered_layers() if any(i not in skip for i in x.get("params") or [])]
+    steps = [r for r, step in enumerate(u.steps) if before is None or int(step) < before]
+    out = np.full((len(steps), len(layers)), np.nan)
+    for j, layer in enumerate(layers):
+        idx = [i for i in layer["params"] if i not in skip]
+        for k, r in enumerate(steps):
+            step = int(u.steps[r])
+            if g is not None and step in grad_row:
+                gn = g.values[grad_row[step]][idx].astype(np.float64)
                 if np.isfinite(gn).all() and bool((gn == 0.0).all()):
                     continue
-            w = pn.values[row_of.get(int(step), -1)][idx].astype(np.float64)
+            w = pn.values[row_of.get(step, -1)][idx].astype(np.float64)
             ratio = u.values[r][idx].astype(np.float64)
             ok = np.isfinite(ratio) & np.isfinite(w)
             if ok.any() and np.sum(w[ok] ** 2) > 0:
-                vals.append(np.sqrt(np.sum((ratio[ok] * w[ok]) ** 2) / np.sum(w[ok] ** 2)))
-        if vals:
-            out[layer["name"]] = float(np.median(vals))
-    return out
+                out[k, j] = np.sqrt(np.sum((ratio[ok] * w[ok]) ** 2) / np.sum(w[ok] ** 2))
+    return [x["name"] for x in layers], out
+
+
+def layer_update_ratio(run: Run, before: Optional[int] = None, skip: Collection[int] = ()) -> dict[str, float]:
+    """Median over update steps of each layer's ||dW|| / ||W|| (see :func:`layer_update_ratios`);
+    layers never measured are left out."""
+    names, r = layer_update_ratios(run, before, skip)
+    return {n: float(nanmedian(r[:, j])) for j, n in enumerate(names) if np.isfinite(r[:, j]).any()}

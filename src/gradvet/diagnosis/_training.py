@@ -15,7 +15,11 @@
   that every update is rounding noise); a layer on a branch behind a layer scale
   (a gain starting at 1e-6) is allowed that much less;
   parameters that receive gradients but are in no optimizer param group are
-  stalled by construction.
+  stalled by construction. Parameters that never received a finite non-zero
+  gradient are *unused* (the loss does not depend on them: SqueezeBERT's pooler
+  under a token loss, XLNet's ``mask_emb``): their update is 0 because nothing
+  asks them to move, which says nothing about the optimizer; they are left out
+  of the rule and named in an ``info``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ import numpy as np
 
 from gradvet.diagnosis._context import has_optimizer, norm_layers
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import layer_update_ratio, nanmedian, total_grad_norm
+from gradvet.diagnosis._measures import (
+    layer_update_ratios,
+    nanmedian,
+    total_grad_norm,
+    unused_params,
+)
 from gradvet.diagnosis._nonfinite import bad_param_steps
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._trunk import smallest_gate
@@ -122,15 +131,18 @@ def exploding_training_rule(run: Run) -> list[Finding]:
 def stalled_rule(run: Run) -> list[Finding]:
     if not has_optimizer(run):
         return []
-    findings = []
+    unused = unused_params(run)
+    findings = _unused(run, unused)
     done = converged_at(run)
     u = run.get("param/update_ratio")
     if done is not None and (u is None or int((np.asarray(u.steps) < done).sum()) < MIN_UPDATES):
-        return _orphans(run)  # the loss fell to nothing at once: no update says anything about a layer
-    ratios = layer_update_ratio(run, before=done)
-    positive = [v for v in ratios.values() if v > 0 and np.isfinite(v)]
-    if len(ratios) >= 2 and positive:
-        med = float(np.median(positive))
+        return findings + _orphans(run)  # the loss fell to nothing at once: no update says anything about a layer
+    names, r = layer_update_ratios(run, before=done, skip=unused)
+    measured = [j for j in range(len(names)) if np.isfinite(r[:, j]).any()]
+    if len(measured) >= 2:
+        ratios = {names[j]: float(nanmedian(r[:, j])) for j in measured}
+        rel = _relative_to_median_layer(r[:, measured])
+        med = float(np.median([v for v in ratios.values() if v > 0] or [0.0]))
         # embedding tables move only the rows a batch uses: a small relative update is normal there
         sparse = {x["name"] for x in run.layers if "Embedding" in x["type"]}
         # a branch behind a layer scale (ConvNeXt, CaiT: a gain starting at 1e-6) gets its gradient through
@@ -139,12 +151,35 @@ def stalled_rule(run: Run) -> list[Finding]:
         gated = {x["name"] for x in run.layers if (x.get("graph") or {}).get("branch")} if gate else set()
         allowance = {n: float(np.log10(gate[1])) if gate and n in gated else 0.0 for n in ratios}
         stalled = {
-            n: v for n, v in ratios.items()
-            if v <= 0 or (n not in sparse and np.log10(max(v, 1e-300) / med) <= STALL + allowance[n])
+            n: ratios[n] for n, v in zip(ratios, rel)
+            if ratios[n] <= 0 or (n not in sparse and v <= STALL + allowance[n])
         }
-        if stalled:
+        if stalled and med > 0:
             findings.append(_stalled(run, stalled, med))
     return findings + _orphans(run)
+
+
+def _relative_to_median_layer(r: np.ndarray) -> np.ndarray:
+    """Per layer (columns of ``r``, NaN where not measured), log10 of its median update ratio over the
+    steps it was measured on, over the median layer's on those same steps.
+
+    The same steps, so that a layer measured on fewer steps (its gradient was exactly zero on the
+    others) is compared like with like: under Adam every update shrinks as the loss falls (torchvision
+    Swin-V2: the median layer 2.5e-2 at step 0, 2e-3 at step 50), and a layer read only late would
+    otherwise look stalled against everyone's early updates. Where every layer is measured on every
+    step this is the plain comparison of medians."""
+    out = np.full(r.shape[1], np.nan)
+    ok = np.isfinite(r)
+    for pattern in {tuple(col) for col in ok.T}:
+        rows = np.asarray(pattern, dtype=bool)
+        if not rows.any():
+            continue
+        cols = [j for j in range(r.shape[1]) if tuple(ok[:, j]) == pattern]
+        meds = nanmedian(r[rows], axis=0)
+        ref = nanmedian(np.where(meds > 0, meds, np.nan))
+        with np.errstate(all="ignore"):
+            out[cols] = np.log10(np.maximum(meds[cols], 1e-300) / ref)
+    return out
 
 
 def converged_at(run: Run) -> Optional[int]:
@@ -162,6 +197,24 @@ def converged_at(run: Run) -> Optional[int]:
         return None
     hit = np.where(ok & (loss <= CONVERGED * early))[0]
     return int(run.steps[hit[0]]) if len(hit) else None
+
+
+def _unused(run: Run, unused: set[int]) -> list[Finding]:
+    """An ``info`` naming the layers none of whose parameters ever received a gradient."""
+    layers = [x["name"] for x in run.ordered_layers()
+              if x.get("params") and all(i in unused for i in x["params"])]
+    if not unused or not layers:
+        return []
+    names = [str(run.params[i].get("name", i)) for i in sorted(unused)]
+    return [Finding(
+        "stalled_layers", "info", layers,
+        f"{len(names)} parameter(s) never received a gradient ({', '.join(names[:4])}"
+        f"{' ...' if len(names) > 4 else ''}): the loss does not use them, so they are unused rather than "
+        "stalled, and left out of the update comparison",
+        (Cause("unused", "the forward pass does not reach the loss through these parameters (a pooler or head "
+               "the loss does not read, an embedding for an input not given)", 0.9),),
+        (), {"unused": names},
+    )]
 
 
 def _orphans(run: Run) -> list[Finding]:

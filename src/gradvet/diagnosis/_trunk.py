@@ -54,7 +54,7 @@ from gradvet.diagnosis._context import (
     is_norm,
     median_fact,
 )
-from gradvet.diagnosis._measures import _log10, nanmedian
+from gradvet.diagnosis._measures import _log10, before_fit, nanmedian
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
@@ -117,12 +117,13 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
         key=lambda t: -t[0],
     )
     gr = run.get("graph/in_grad")
+    rows = before_fit(run, s.steps)  # the readings of a net that has yet to fit its batch
     cols, raws, names, stream = [], [], [], []
     for _, layer in points:
-        col = s.values[:, layer["index"]].astype(np.float64)
+        col = s.values[rows, layer["index"]].astype(np.float64)
         if np.isfinite(col).any() and layer["name"] not in names:
             cols.append(nanmedian(col))
-            raws.append(nanmedian(gr.values[:, layer["index"]].astype(np.float64)) if gr is not None else np.nan)
+            raws.append(nanmedian(gr.values[rows, layer["index"]].astype(np.float64)) if gr is not None else np.nan)
             names.append(layer["name"])
             stream.append(int(layer["graph"].get("stream", 0)))
     if len(cols) < 2:
