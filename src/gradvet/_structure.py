@@ -77,17 +77,43 @@ def layer_facts(module: nn.Module) -> dict[str, Any]:
         return {}
 
 
-def optimizer_lrs(optimizer: Optional[torch.optim.Optimizer], params: list[nn.Parameter]) -> list[Optional[float]]:
-    """Learning rate of each monitored parameter (None where the optimizer does not own it)."""
-    out: list[Optional[float]] = [None] * len(params)
+#: param-group settings recorded per parameter: what decides how far a gradient moves a weight
+SETTINGS = ("lr", "eps", "weight_decay", "momentum", "beta1", "beta2")
+
+
+def optimizer_settings(optimizer: Optional[torch.optim.Optimizer], params: list[nn.Parameter]) -> list[dict[str, float]]:
+    """Per monitored parameter, its param group's numeric settings among :data:`SETTINGS` (``betas`` split
+    into ``beta1``/``beta2``); an empty dict where the optimizer does not own it.
+
+    Recorded so that a rule can tell a weight that stalls by itself from one whose gradient is below an
+    adaptive optimizer's ``eps`` (Adam's step is ``lr * m / (sqrt(v) + eps)``: a gradient far below
+    ``eps`` moves its weight by ``lr * g / eps``, Kingma & Ba, 2015, Algorithm 1).
+
+    Example:
+        >>> w = nn.Parameter(torch.zeros(2))
+        >>> optimizer_settings(torch.optim.AdamW([w], lr=1e-3), [w])[0]["eps"]
+        1e-08
+    """
+    out: list[dict[str, float]] = [{} for _ in params]
     if optimizer is None:
         return out
     index = {id(p): i for i, p in enumerate(params)}
     for group in optimizer.param_groups:
-        lr = group.get("lr")
-        lr_f = float(lr) if lr is not None else None  # sync-ok: lr may be a tensor; read at flush
+        found: dict[str, float] = {}
+        values = dict(group)
+        betas = values.pop("betas", None)
+        if isinstance(betas, (tuple, list)) and len(betas) == 2:
+            values["beta1"], values["beta2"] = betas
+        for key in SETTINGS:
+            v = values.get(key)
+            if v is None or isinstance(v, bool):
+                continue
+            try:
+                found[key] = float(v)  # sync-ok: a tensor lr is read at flush
+            except (TypeError, ValueError, RuntimeError):
+                continue
         for p in group["params"]:
             i = index.get(id(p))
             if i is not None:
-                out[i] = lr_f
+                out[i] = found
     return out

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from gradvet import _distributed
 from gradvet._hooks import HookSet
 from gradvet._layers import discover_layers, owner_names
-from gradvet._structure import layer_facts, optimizer_lrs
+from gradvet._structure import layer_facts, optimizer_settings
 from gradvet._taps import LayerTaps
 from gradvet._validate import require_module, scalar_loss, trainable_parameters
 from gradvet._version import __version__
@@ -471,7 +471,7 @@ class Monitor:
 
     def _tables(self) -> tuple[list[dict], list[dict]]:
         owners = owner_names(self.model, self.parameters)
-        lrs = optimizer_lrs(self.optimizer, self.parameters)
+        settings = optimizer_settings(self.optimizer, self.parameters)
         params = [
             {
                 "name": n,
@@ -479,7 +479,8 @@ class Monitor:
                 "shape": list(p.shape),
                 "numel": p.numel(),
                 "sparse_grad": bool(p.grad is not None and p.grad.is_sparse),
-                "lr": lrs[i],
+                "lr": settings[i].get("lr"),
+                "optimizer": {k: v for k, v in settings[i].items() if k != "lr"},
             }
             for i, (n, p) in enumerate(zip(self.param_names, self.parameters))
         ]
