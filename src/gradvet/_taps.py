@@ -191,6 +191,7 @@ class LayerTaps:
     @_eager
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._reduce_outputs()  # a forward that never reached its end (normally none held)
+        self._producer.clear()
         self._calls = [0] * len(self.infos)
         self._hooked = set()
         if self.structure_pending:
@@ -322,7 +323,8 @@ class LayerTaps:
                     self._output_now(i, call, y, udim)
                 elif self._held_out.numel >= CAP:
                     self._reduce_outputs(end=False)
-            self._producer[id(y)] = (i, y, call)
+            if i not in self._held_out.unheld:  # the root's output: nothing in this forward consumes it
+                self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 add_grad_hook(y, self._grad_hooks[i])
             if info.role == "param":
@@ -550,6 +552,22 @@ class LayerTaps:
                 self._time[i] = sq if prev is None else prev + sq.to(prev.device)
         except Exception as e:
             self._fail(e)
+
+    def release(self) -> None:
+        """Drop every tensor and graph node held between hooks (the Monitor is closing).
+
+        A tensor held here keeps its autograd graph alive, and the graph's hooks keep this object, and
+        through it the model, alive: a cycle through autograd's C++ nodes, which the garbage collector
+        cannot see, so the whole model leaked with every ``check`` (and every ``treat`` attempt) before
+        the root's output stopped being held here. What was learned of the model stays: a Monitor can be
+        entered again."""
+        self._reduce_outputs()
+        self._reduce_grads()
+        self._producer.clear()
+        self._held, self._hooked, self._time = {}, set(), {}
+        self._held_out.watched = []
+        self._nodes, self._sources, self._out_node = {}, [], None
+        self.in_activation_module = 0
 
     def _fail(self, e: Exception) -> None:
         self.failed = True

@@ -198,6 +198,8 @@ class Monitor:
         atexit.unregister(self.close)
         self._hooks.remove()
         self._taps.active = False
+        self._taps.release()
+        self._loss_node = None
         self._snapshots, self._before, self._weight_norms = {}, None, None
         try:
             self._flush()
