@@ -78,9 +78,59 @@ class Depth:
         return med
 
 
+#: the early level of a run's loss is read from at most this many of its first finite losses
+EARLY = 3
+
+
+def early_window(loss: np.ndarray, n: int = EARLY) -> int:
+    """How many leading steps of ``loss`` make its early level: the first ``n`` finite losses, stopping
+    before the first one already off the first finite loss by a factor ``1/FIT`` (2) either way.
+
+    The early level is the loss the net starts from, before training has changed it: three losses rather
+    than one so that a minibatch's noise does not set it, but none that training has already moved. SGD at
+    lr 0.05 with momentum 0.9 memorises the corpus batch in one step (torchvision ConvNeXt-T: 2.58 at
+    step 0, 1.3e-6 at step 1, 7.5e-6 at step 2), and a median over those three (7.5e-6) takes a converged
+    loss for the starting one: the run then never reads as converged, and a gradient that moves among
+    converged values reads as grown 500x. A loss that doubles within the window (a divergence from the
+    first step: VGG-11-BN 2.7 -> 101 -> 2.4e5) is likewise no starting level.
+
+    Example:
+        >>> early_window(np.array([2.58, 1.3e-6, 7.5e-6, 1e-4])), early_window(np.array([2.3, 2.2, 2.1, 2.0]))
+        (1, 3)
+        >>> early_window(np.array([np.nan, 2.3, 2.2, 2.1]))  # positions, non-finite ones included
+        4
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    ok = np.where(np.isfinite(loss))[0]
+    if not len(ok):
+        return min(n, len(loss))
+    first = loss[ok[0]]
+    if not first > 0:  # no level to be off by a factor from (a log-likelihood may be negative)
+        return int(ok[min(n, len(ok)) - 1] + 1)
+    end, taken = ok[0] + 1, 1
+    for i in ok[1:]:
+        if taken >= n or not FIT * first < loss[i] < first / FIT:
+            break
+        end, taken = i + 1, taken + 1
+    return int(end)
+
+
+def early_loss(loss: np.ndarray) -> float:
+    """The run's early loss level: the median of the finite losses in :func:`early_window`; NaN if none.
+
+    Example:
+        >>> float(early_loss(np.array([2.58, 1.3e-6, 7.5e-6]))), float(early_loss(np.array([2.3, 2.2, 2.1])))
+        (2.58, 2.2)
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    head = loss[: early_window(loss)]
+    head = head[np.isfinite(head)]
+    return float(np.median(head)) if len(head) else float("nan")
+
+
 def before_fit(run: Run, steps: np.ndarray) -> np.ndarray:
     """Per layer step in ``steps``, whether the net was still learning: its loss above ``FIT`` (1/2) of
-    the early level (median of the first three finite losses). The first layer step always counts.
+    the early level (:func:`early_loss`). The first layer step always counts.
 
     Vanishing and exploding with depth describe how the gradient reaches the layers of a net that has
     yet to learn (Glorot & Bengio, 2010, read them at init and early in training). As a net fits its
@@ -90,10 +140,9 @@ def before_fit(run: Run, steps: np.ndarray) -> np.ndarray:
     A step whose loss is not finite counts (the non-finite rule speaks of it)."""
     keep = np.ones(len(steps), dtype=bool)
     loss = np.asarray(run.loss, dtype=np.float64)
-    ok = np.isfinite(loss)
-    if ok.sum() < 3 or not len(steps):
+    if np.isfinite(loss).sum() < 3 or not len(steps):
         return keep
-    early = float(np.median(loss[ok][:3]))
+    early = early_loss(loss)
     if not early > 0:
         return keep
     at = dict(zip((int(s) for s in run.steps), loss))
@@ -106,11 +155,10 @@ def has_fit(run: Run) -> bool:
     """Whether the run's last finite loss is at most ``FIT`` (1/2) of its early level (see
     :func:`before_fit`): the net has fit its batch to a good part."""
     loss = np.asarray(run.loss, dtype=np.float64)
-    loss = loss[np.isfinite(loss)]
-    if len(loss) < 4:
+    if np.isfinite(loss).sum() < 4:
         return False
-    early = float(np.median(loss[:3]))
-    return bool(early > 0 and loss[-1] <= FIT * early)
+    early = early_loss(loss)
+    return bool(early > 0 and loss[np.isfinite(loss)][-1] <= FIT * early)
 
 
 def depth_profile(run: Run) -> Optional[Depth]:
