@@ -360,6 +360,187 @@ def _held_out_healthy() -> list[Case]:
             + [Case(f"timm/{n}", "timm", f, b) for n, f, b in tm])
 
 
+# -- second held-out sweep --------------------------------------------------------------------
+def _hf_image(cls: str, cfg: str, size: int = 32, **kw: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model = _seeded(_hf(cls, cfg, num_labels=10, **kw), seed)
+        x, y = images(seed, size=size)
+        return model, ({"pixel_values": x}, y), logits_ce
+    return build
+
+
+def _hf_audio(cls: str, cfg: str, **kw: Any) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        model = _seeded(_hf(cls, cfg, num_labels=10, **kw), seed)
+        g = torch.Generator().manual_seed(seed)
+        return model, ({"input_values": torch.randn(2, 800, generator=g)},
+                       torch.randint(0, 10, (2,), generator=g)), logits_ce
+    return build
+
+
+_AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+              num_conv_pos_embedding_groups=4, mask_time_prob=0.0, layerdrop=0.0)
+
+
+def _video(name: str, frames: int = 4, size: int = 32) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        import torchvision
+
+        model = _seeded(lambda: getattr(torchvision.models.video, name)(weights=None, num_classes=10), seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 3, frames, size, size, generator=g)
+        return model, (x, torch.randint(0, 10, (2,), generator=g)), F.cross_entropy
+    return build
+
+
+def _segmentation(name: str, size: int = 64) -> Callable[[int], Built]:
+    def build(seed: int) -> Built:
+        import torchvision
+
+        model = _seeded(lambda: getattr(torchvision.models.segmentation, name)(
+            weights=None, weights_backbone=None, num_classes=5, aux_loss=False), seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 3, size, size, generator=g)
+        y = torch.randint(0, 5, (2, size, size), generator=g)
+        return model, (x, y), lambda out, t: F.cross_entropy(out["out"], t)
+    return build
+
+
+def _held_out_2_healthy() -> list[Case]:
+    """105 architectures swept on 2026-12-06 (docs/corpus.md, "Second held-out sweep"), none of them seen
+    while the rules were written: MoE and hybrid decoders, encoders with Fourier/Nystrom/sparse attention,
+    audio, video and segmentation networks, deep residual nets (ResNet-152, a 12-block ViT), and 60 timm
+    families. All 105 were right at once (no finding at warning or error)."""
+    hf = {
+        "mixtral": _hf_lm("MixtralForCausalLM", "MixtralConfig", **dict(_DEC, num_key_value_heads=2,
+                                                                         num_local_experts=4, num_experts_per_tok=2)),
+        "qwen2_moe": _hf_lm("Qwen2MoeForCausalLM", "Qwen2MoeConfig", **dict(
+            _DEC, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+            shared_expert_intermediate_size=64)),
+        "starcoder2": _hf_lm("Starcoder2ForCausalLM", "Starcoder2Config", **dict(_DEC, num_key_value_heads=2)),
+        "stablelm": _hf_lm("StableLmForCausalLM", "StableLmConfig", **dict(_DEC, num_key_value_heads=2)),
+        "olmo": _hf_lm("OlmoForCausalLM", "OlmoConfig", **_DEC),
+        "phi3": _hf_lm("Phi3ForCausalLM", "Phi3Config", **dict(_DEC, pad_token_id=0)),
+        "cohere": _hf_lm("CohereForCausalLM", "CohereConfig", **_DEC),
+        "gpt_bigcode": _hf_lm("GPTBigCodeForCausalLM", "GPTBigCodeConfig", **_gpt2_cfg()),
+        "persimmon": _hf_lm("PersimmonForCausalLM", "PersimmonConfig", **_DEC),
+        "jamba": _hf_lm("JambaForCausalLM", "JambaConfig", vocab_size=V, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, attn_layer_period=2,
+                        attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+                        mamba_d_state=8, mamba_expand=2, use_mamba_kernels=False),
+        "mpnet": _hf_lm("MPNetForMaskedLM", "MPNetConfig", **dict(_ENC, max_position_embeddings=66)),
+        "esm": _hf_lm("EsmForMaskedLM", "EsmConfig", **dict(_ENC, pad_token_id=1, mask_token_id=2,
+                                                            max_position_embeddings=66)),
+        "fnet": _hf_lm("FNetForMaskedLM", "FNetConfig", vocab_size=V, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, max_position_embeddings=64),
+        "nystromformer": _hf_lm("NystromformerForMaskedLM", "NystromformerConfig", **dict(
+            _ENC, num_landmarks=4, segment_means_seq_len=16, max_position_embeddings=66)),
+        "big_bird": _hf_lm("BigBirdForMaskedLM", "BigBirdConfig", **dict(_ENC, attention_type="original_full")),
+        "ernie": _hf_lm("ErnieForMaskedLM", "ErnieConfig", **_ENC),
+        "xlm_roberta": _hf_lm("XLMRobertaForMaskedLM", "XLMRobertaConfig", **dict(_ENC, max_position_embeddings=66)),
+        "roformer": _hf_lm("RoFormerForMaskedLM", "RoFormerConfig", **_ENC),
+        "blenderbot": _hf_seq2seq("BlenderbotForConditionalGeneration", "BlenderbotConfig", vocab_size=V, d_model=64,
+                                  encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                  max_position_embeddings=64),
+        "m2m100": _hf_seq2seq("M2M100ForConditionalGeneration", "M2M100Config", vocab_size=V, d_model=64,
+                              encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                              encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64),
+        "switch_transformers": _hf_seq2seq("SwitchTransformersForConditionalGeneration", "SwitchTransformersConfig",
+                                           vocab_size=V, d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                                           num_decoder_layers=2, num_heads=4, num_experts=4, decoder_start_token_id=0),
+        "swin": _hf_image("SwinForImageClassification", "SwinConfig", image_size=32, patch_size=2, embed_dim=16,
+                          depths=[1, 1], num_heads=[2, 2], window_size=4),
+        "convnextv2": _hf_image("ConvNextV2ForImageClassification", "ConvNextV2Config", hidden_sizes=[16, 32, 64, 128],
+                                depths=[1, 1, 2, 1]),
+        "dinov2": _hf_image("Dinov2ForImageClassification", "Dinov2Config", image_size=32, patch_size=8,
+                            hidden_size=64, num_hidden_layers=4, num_attention_heads=4),
+        "segformer": _hf_image("SegformerForImageClassification", "SegformerConfig", hidden_sizes=[16, 32, 64, 128],
+                               depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64),
+        "resnet_hf": _hf_image("ResNetForImageClassification", "ResNetConfig", size=64, embedding_size=16,
+                               hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="bottleneck"),
+        "efficientnet_hf": _hf_image("EfficientNetForImageClassification", "EfficientNetConfig", size=64,
+                                     image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
+        "levit_hf": _hf_image("LevitForImageClassification", "LevitConfig", size=64, image_size=64),
+        "cvt": _hf_image("CvtForImageClassification", "CvtConfig", size=64),
+        "beit_hf": _hf_image("BeitForImageClassification", "BeitConfig", image_size=32, patch_size=8, hidden_size=64,
+                             num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                             use_mean_pooling=True, layer_scale_init_value=0.1),
+        "hubert": _hf_audio("HubertForSequenceClassification", "HubertConfig", **_AUDIO),
+        "data2vec_audio": _hf_audio("Data2VecAudioForSequenceClassification", "Data2VecAudioConfig", **_AUDIO),
+    }
+    tv = {
+        "resnet152": _tv("resnet152"),
+        "vgg19_bn": _tv("vgg19_bn", size=32),
+        "densenet201": _tv("densenet201"),
+        "regnet_y_1_6gf": _tv("regnet_y_1_6gf"),
+        "efficientnet_b3": _tv("efficientnet_b3"),
+        "shufflenet_v2_x2_0": _tv("shufflenet_v2_x2_0"),
+        "r3d_18": _video("r3d_18"),
+        "mc3_18": _video("mc3_18"),
+        "r2plus1d_18": _video("r2plus1d_18"),
+        "s3d": _video("s3d", frames=16, size=224),
+        "swin3d_t": _video("swin3d_t", frames=4, size=64),
+        "fcn_resnet50": _segmentation("fcn_resnet50"),
+        "deeplabv3_mobilenet_v3_large": _segmentation("deeplabv3_mobilenet_v3_large"),
+        "lraspp_mobilenet_v3_large": _segmentation("lraspp_mobilenet_v3_large"),
+    }
+    small = {"img_size": 32}
+    tm = {name: _timm(name) for name in (
+        "cspresnet50", "cspdarknet53", "res2net50_14w_8s", "resnest14d", "skresnet18", "selecsls42b",
+        "ese_vovnet19b_dw", "hardcorenas_a", "fbnetc_100", "efficientvit_b0", "fastvit_t8", "edgenext_xx_small",
+        "mobileone_s0", "lcnet_050", "tinynet_a", "ghostnetv2_100", "xception41",
+        "densenet121", "resnetv2_50", "resnetv2_50x1_bit", "regnetz_b16", "mixnet_s", "semnasnet_050",
+        "cs3darknet_s", "darknet53", "ecaresnet26t", "dm_nfnet_f0", "hgnetv2_b0",
+        "starnet_s1", "mambaout_femto", "rdnet_tiny", "repghostnet_050", "inception_next_tiny", "focalnet_tiny_srf", "davit_tiny", "convformer_s18",
+    )}
+    tm.update({
+        "gcvit_xxtiny": _timm("gcvit_xxtiny", img_size=64),
+        "tiny_vit_5m_224": _timm("tiny_vit_5m_224", size=224),
+        "inception_resnet_v2": _timm("inception_resnet_v2", size=128),
+        "eca_botnext26ts_256": _timm("eca_botnext26ts_256", img_size=64),
+        "botnet26t_256": _timm("botnet26t_256", img_size=64),
+        "efficientformerv2_s0": _timm("efficientformerv2_s0", img_size=64),
+        "coatnet_nano_rw_224": _timm("coatnet_nano_rw_224", img_size=64),
+        "maxvit_nano_rw_256": _timm("maxvit_nano_rw_256", img_size=64),
+        "nest_tiny": _timm("nest_tiny", img_size=64),
+        "twins_svt_small": _timm("twins_svt_small"),
+        "crossvit_tiny_240": _timm("crossvit_tiny_240", size=240),
+        "pit_ti_224": _timm("pit_ti_224", size=64, img_size=64),
+        "tnt_s_patch16_224": _timm("tnt_s_patch16_224", size=32, depth=4, **small),
+        "visformer_tiny": _timm("visformer_tiny", img_size=64),
+        "volo_d1_224": _timm("volo_d1_224", img_size=64),
+        "sequencer2d_s": _timm("sequencer2d_s", img_size=64),
+        "gmlp_ti16_224": _timm("gmlp_ti16_224", size=32, **small),
+        "convit_tiny": _timm("convit_tiny", size=32, **small),
+        "hiera_tiny_224": _timm("hiera_tiny_224", img_size=64),
+        "vit_relpos_small_patch16_224": _timm("vit_relpos_small_patch16_224", size=32, depth=4, **small),
+        "mvitv2_tiny": _timm("mvitv2_tiny", img_size=64),
+        "efficientvit_m0": _timm("efficientvit_m0", img_size=64),
+        "vit_small_patch16_224_deep": _timm("vit_small_patch16_224", size=32, depth=12, **small),
+    })
+    fam = {"r3d_18": "video", "mc3_18": "video", "r2plus1d_18": "video", "s3d": "video", "swin3d_t": "video",
+           "fcn_resnet50": "segmentation", "deeplabv3_mobilenet_v3_large": "segmentation",
+           "lraspp_mobilenet_v3_large": "segmentation", "hubert": "audio", "data2vec_audio": "audio"}
+    out = [Case(f"transformers/{k}", "transformers", fam.get(k, _HF_FAMILY.get(k, "decoder")), v) for k, v in hf.items()]
+    out += [Case(f"torchvision/{k}", "torchvision", fam.get(k, "cnn"), v) for k, v in tv.items()]
+    vits = {"gcvit_xxtiny", "tiny_vit_5m_224", "coatnet_nano_rw_224", "maxvit_nano_rw_256", "nest_tiny",
+            "twins_svt_small", "crossvit_tiny_240", "pit_ti_224", "tnt_s_patch16_224", "volo_d1_224", "convit_tiny",
+            "hiera_tiny_224", "vit_relpos_small_patch16_224", "mvitv2_tiny", "efficientvit_m0", "davit_tiny",
+            "vit_small_patch16_224_deep", "efficientformerv2_s0"}
+    mlps = {"gmlp_ti16_224", "sequencer2d_s"}
+    out += [Case(f"timm/{k}", "timm", "vit" if k in vits else "mlp" if k in mlps else "cnn", v) for k, v in tm.items()]
+    return out
+
+
+_HF_FAMILY = {**dict.fromkeys(("mpnet", "esm", "fnet", "nystromformer", "big_bird", "ernie", "xlm_roberta",
+                                "roformer"), "encoder"),
+              **dict.fromkeys(("blenderbot", "m2m100", "switch_transformers"), "encoder-decoder"),
+              **dict.fromkeys(("swin", "dinov2", "beit_hf"), "vit"),
+              **dict.fromkeys(("convnextv2", "segformer", "resnet_hf", "efficientnet_hf", "levit_hf", "cvt"), "cnn")}
+
+
 # -- torch.nn / pytorch examples ------------------------------------------------------------
 class RNNModel(nn.Module):
     """pytorch/examples ``word_language_model``: embedding, LSTM/GRU/RNN_TANH, linear decoder."""
@@ -723,7 +904,7 @@ def _orthogonal_recurrent(model: nn.Module, gain: float) -> nn.Module:
 def cases() -> list[Case]:
     """Every case of the corpus: the healthy real architectures, then the sick variants."""
     return (_transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy()
-            + _held_out_healthy() + _sick_cases())
+            + _held_out_healthy() + _held_out_2_healthy() + _sick_cases())
 
 
 def run_case(case: Case, seed: int = 0) -> Any:
