@@ -12,6 +12,7 @@ Usage::
 
     python bench/train_sweep.py --optimizer adamw --steps 60 --json /tmp/fa/adamw.json
     python bench/train_sweep.py --optimizer sgd --steps 40 --only timm/ --chunk 1/2 --records /tmp/fa/sgd
+    python bench/train_sweep.py --group held_out_2 --skip torchvision/s3d --records /tmp/fa2/rec_adamw
     python bench/train_sweep.py --rediagnose /tmp/fa/sgd   # the saved records under today's rules
 
 ``--records DIR`` keeps each run's record (``DIR/<id>.gvrec``); ``--rediagnose DIR`` reads them back
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 import gradvet
+from gradvet import corpus
 from gradvet.corpus import Case, call, cases
 from gradvet.record import Run, load
 from gradvet.report import build_report
@@ -102,10 +104,17 @@ def _line(r: dict[str, Any]) -> str:
     return f"{r['id']:45s} loss {r['loss_first']:.3g} -> {r['loss_last']:.3g}  {r['seconds']:6.1f}s  {kinds}"
 
 
+_GROUPS = {"held_out": corpus._held_out_healthy, "held_out_2": corpus._held_out_2_healthy}
+
+
 def select(args: argparse.Namespace) -> list[Case]:
-    """The healthy, available cases matching ``--only``, then this process's ``--chunk i/n`` of them."""
-    chosen = [c for c in cases() if c.healthy and c.available and (not args.only or args.only in c.id)]
+    """The healthy, available cases of ``--group`` matching ``--only``, then this process's ``--chunk i/n``."""
+    pool = _GROUPS[args.group]() if args.group else cases()
+    chosen = [c for c in pool if c.healthy and c.available and (not args.only or args.only in c.id)]
     chosen = [c for c in chosen if not any(s in c.id for s in args.skip)]
+    if args.ids_from:
+        keep = set(Path(args.ids_from).read_text().split())
+        chosen = [c for c in chosen if c.id in keep]
     i, n = (int(v) for v in args.chunk.split("/"))
     return chosen[i - 1::n]
 
@@ -117,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--profile", default="default", help="economy (default), business or full")
     p.add_argument("--only", default="", help="a substring of the case ids to keep")
+    p.add_argument("--group", choices=sorted(_GROUPS), default=None,
+                   help="only the cases of one held-out group (held_out_2: the 105 added last)")
     p.add_argument("--skip", action="append", default=[], help="a substring of case ids to leave out (repeatable)")
+    p.add_argument("--ids-from", default=None, help="a file of case ids (whitespace-separated): only those")
     p.add_argument("--chunk", default="1/1", help="i/n: every n-th case from the i-th (to run in parallel)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -18,7 +18,9 @@
   other layers, so a converged net whose updates are all tiny is not flagged, and
   judged on the updates before the loss fell to 1/1000 of its early level (after
   that every update is rounding noise); a layer on a branch behind a layer scale
-  (a gain starting at 1e-6) is allowed that much less;
+  (a gain starting at 1e-6) is allowed that much less; an update step on which
+  the median layer moves by more than its own norm is a blow-up, not a reading
+  (HF LeViT under SGD: 7e7 of its norm at step 0, a NaN loss at step 1);
   parameters that receive gradients but are in no optimizer param group are
   stalled by construction. Parameters that never received a finite non-zero
   gradient are *unused* (the loss does not depend on them: SqueezeBERT's pooler
@@ -53,6 +55,7 @@ GROWTH, STALL = 1.0, -3.0  # log10 thresholds
 CONVERGED = 1e-3  # the loss at this fraction of its early level: converged, updates are rounding noise
 MIN_UPDATES = 3  # measured updates before convergence needed to call a layer stalled
 LOSS_DIVERGED = 100.0  # the loss this many times its starting level: diverged
+MAX_STEP = 1.0  # a median layer moving more than its own norm in one update: a blown-up step, no stall reading
 
 
 def _layer_growth(run: Run, k: int, peak: int) -> list[str]:
@@ -117,6 +120,8 @@ def exploding_training_rule(run: Run) -> list[Finding]:
     end = "non-finite" if went_nonfinite else f"{late_l:.3g}"
     if diverged and growth < GROWTH:
         end = f"{peak_l:.3g}" + (", then non-finite" if went_nonfinite else "")
+    elif diverged and not rising:  # back down by the end (timm HardCoreNAS-A, SGD: 2.78 -> 809 -> 0)
+        end = f"{late_l:.3g} after peaking at {peak_l:.3g}"
     if growth >= GROWTH:
         evidence = (f"the global gradient norm rose {10 ** growth:.3g}x above its starting level by step "
                     f"{int(run.steps[peak])} while the loss went from {early_l:.3g} to {end}")
@@ -147,6 +152,7 @@ def stalled_rule(run: Run) -> list[Finding]:
     if done is not None and (u is None or int((np.asarray(u.steps) < done).sum()) < MIN_UPDATES):
         return findings + _orphans(run)  # the loss fell to nothing at once: no update says anything about a layer
     names, r = layer_update_ratios(run, before=done, skip=unused)
+    r = r[~_blown_up(r)] if r.size else r
     measured = [j for j in range(len(names)) if np.isfinite(r[:, j]).any()]
     if len(measured) >= 2:
         ratios = {names[j]: float(nanmedian(r[:, j])) for j in measured}
@@ -166,6 +172,18 @@ def stalled_rule(run: Run) -> list[Finding]:
         if stalled and med > 0:
             findings.append(_stalled(run, stalled, med))
     return findings + _orphans(run)
+
+
+def _blown_up(r: np.ndarray) -> np.ndarray:
+    """Update steps (rows of ``r``) on which the median layer moved by more than its own norm.
+
+    Such a step is a divergence, not a reading of which layer learns: HF LeViT under SGD (lr 0.05) has a
+    step-0 gradient norm of 1.5e13, its median layer moves 7e7 of its norm and the loss is NaN at step 1;
+    a layer moving "only" 67x its norm is not stalled. The exploding and non-finite rules report the run;
+    the stalled rule leaves these steps out (a healthy step moves a layer by 1e-4 .. 1e-1 of its norm)."""
+    with np.errstate(all="ignore"):
+        med = nanmedian(np.where(r > 0, r, np.nan), axis=1)
+        return np.asarray(med > MAX_STEP)
 
 
 def _relative_to_median_layer(r: np.ndarray) -> np.ndarray:
