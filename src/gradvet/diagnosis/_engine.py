@@ -31,10 +31,13 @@ def diagnose(run: Run) -> list[Finding]:
 
     A rule that fails is logged and skipped: a bug in one rule must not hide the others.
     """
-    from gradvet.diagnosis import _rules  # noqa: F401  (registers the rules)
+    from gradvet.diagnosis._rules import ORDER  # (importing it registers the rules)
 
     findings: list[Finding] = []
-    for name, rule in RULES.items():
+    rank = {name: k for k, name in enumerate(ORDER)}
+    names = list(RULES)
+    for name in sorted(names, key=lambda n: (rank.get(n, len(ORDER)), names.index(n))):
+        rule = RULES[name]
         try:
             # NaN/Inf in a record is data to reason about, not an error: numpy's RuntimeWarnings about it
             # are gradvet's internals and must not reach the user's stderr
