@@ -408,10 +408,12 @@ def _segmentation(name: str, size: int = 64) -> Callable[[int], Built]:
 
 
 def _held_out_2_healthy() -> list[Case]:
-    """105 architectures swept on 2026-12-06 (docs/corpus.md, "Second held-out sweep"), none of them seen
+    """104 architectures swept on 2026-12-06 (docs/corpus.md, "Second held-out sweep"), none of them seen
     while the rules were written: MoE and hybrid decoders, encoders with Fourier/Nystrom/sparse attention,
-    audio, video and segmentation networks, deep residual nets (ResNet-152, a 12-block ViT), and 60 timm
-    families. All 105 were right at once (no finding at warning or error)."""
+    audio, video and segmentation networks, deep residual nets (ResNet-152, a 12-block ViT), and 59 timm
+    families; no finding at warning or error on any. transformers' EfficientNet, swept with them, is not
+    here: it is not healthy (its BatchNorm gains are drawn from N(0, 0.02): activations reach 1e-33 at
+    ``top_conv``, and AdamW barely trains it), and ``check`` at its init says nothing: a missed detection."""
     hf = {
         "mixtral": _hf_lm("MixtralForCausalLM", "MixtralConfig", **dict(_DEC, num_key_value_heads=2,
                                                                          num_local_experts=4, num_experts_per_tok=2)),
@@ -460,8 +462,6 @@ def _held_out_2_healthy() -> list[Case]:
                                depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64),
         "resnet_hf": _hf_image("ResNetForImageClassification", "ResNetConfig", size=64, embedding_size=16,
                                hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="bottleneck"),
-        "efficientnet_hf": _hf_image("EfficientNetForImageClassification", "EfficientNetConfig", size=64,
-                                     image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
         "levit_hf": _hf_image("LevitForImageClassification", "LevitConfig", size=64, image_size=64),
         "cvt": _hf_image("CvtForImageClassification", "CvtConfig", size=64),
         "beit_hf": _hf_image("BeitForImageClassification", "BeitConfig", image_size=32, patch_size=8, hidden_size=64,
@@ -538,7 +538,7 @@ _HF_FAMILY = {**dict.fromkeys(("mpnet", "esm", "fnet", "nystromformer", "big_bir
                                 "roformer"), "encoder"),
               **dict.fromkeys(("blenderbot", "m2m100", "switch_transformers"), "encoder-decoder"),
               **dict.fromkeys(("swin", "dinov2", "beit_hf"), "vit"),
-              **dict.fromkeys(("convnextv2", "segformer", "resnet_hf", "efficientnet_hf", "levit_hf", "cvt"), "cnn")}
+              **dict.fromkeys(("convnextv2", "segformer", "resnet_hf", "levit_hf", "cvt"), "cnn")}
 
 
 # -- torch.nn / pytorch examples ------------------------------------------------------------
