@@ -19,35 +19,17 @@ import pytest
 import torch
 
 import gradvet
-from gradvet.corpus import call, cases
+from gradvet.corpus import call
+
+from ._training import adamw, build, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _build(case_id: str):
-    torch.set_num_threads(1)
-    case = next(c for c in cases() if c.id == case_id)
-    if not case.available:
-        pytest.skip(f"{case.library} not installed")
-    return case.build(0)
-
-
 def _train(case_id: str, steps: int = 60, each=None):
     """AdamW (lr 1e-3) under a default-profile Monitor; ``each(step, model, loss)`` runs after backward."""
-    model, (x, y), loss_fn = _build(case_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    with gradvet.Monitor(model, optimizer=opt) as mon:
-        for step in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(call(model, x), y)
-            loss.backward()
-            mon.step(loss)
-            if each is not None:
-                each(step, model, loss)
-            opt.step()
-            losses.append(float(loss))
-    return model, np.asarray(losses), mon.report()
+    model, losses, mon = train(case_id, adamw, steps, after_backward=each)
+    return model, losses, mon.report()
 
 
 @pytest.mark.parametrize("case_id, unused", [
@@ -86,7 +68,7 @@ def test_swin_v2_block_without_gradient_on_a_measured_step_is_not_stalled() -> N
 def _vit_signal(state: dict, x, y, loss_fn) -> float:
     """log10 of ||dL/dx * x|| at the input of the first block's ln_1 over that at the head's input, for a
     fresh ViT holding ``state`` (plain autograd, no Monitor)."""
-    model, _, _ = _build("torchvision/vit_tiny")
+    model, _, _ = build("torchvision/vit_tiny")
     model.load_state_dict(state)
     seen = {}
 
@@ -104,7 +86,7 @@ def _vit_signal(state: dict, x, y, loss_fn) -> float:
 
 
 def test_vit_fitting_its_batch_is_not_vanishing() -> None:
-    model, (x, y), loss_fn = _build("torchvision/vit_tiny")
+    model, (x, y), loss_fn = build("torchvision/vit_tiny")
     assert float(model.heads.head.weight.abs().max()) == 0.0  # zero head: no trunk reading at step 0
     states = {}
 
@@ -122,7 +104,7 @@ def test_vit_fitting_its_batch_is_not_vanishing() -> None:
 
 def test_fit_discriminator_output_sigmoid_is_not_saturated() -> None:
     model, losses, report = _train("torch/dcgan_discriminator")
-    _, (x, _), _ = _build("torch/dcgan_discriminator")
+    _, (x, _), _ = build("torch/dcgan_discriminator")
     with torch.no_grad():
         p = model(x).flatten()  # the Monitor's hooks are gone
     assert float((p * (1 - p) < 0.1 * 0.25).float().mean()) >= 0.5  # saturated: sigmoid' < 10% of its max
@@ -134,7 +116,7 @@ def test_fit_discriminator_output_sigmoid_is_not_saturated() -> None:
 
 def test_mobilebert_stalled_attention_is_true_and_reported() -> None:
     grads, ratios, moved = [], [], []
-    model, (x, y), loss_fn = _build("transformers/mobilebert")
+    model, (x, y), loss_fn = build("transformers/mobilebert")
     q = model.mobilebert.encoder.layer[0].attention.self.query.weight
     v = model.mobilebert.encoder.layer[0].attention.self.value.weight
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

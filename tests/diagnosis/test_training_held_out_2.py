@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import gradvet
-from gradvet.corpus import call, cases
+from ._training import sgd, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -21,27 +20,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def _train_sgd(case_id: str, steps: int):
     """SGD (lr 0.05, momentum 0.9) under a default-profile Monitor, as the sweep trains; the losses, each
     step's global gradient norm and each parameter's relative update (plain PyTorch), the report."""
-    torch.set_num_threads(1)
-    case = next(c for c in cases() if c.id == case_id)
-    if not case.available:
-        pytest.skip(f"{case.library} not installed")
-    model, (x, y), loss_fn = case.build(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses, norms, updates = [], [], []
-    with gradvet.Monitor(model, optimizer=opt) as mon:
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(call(model, x), y)
-            loss.backward()
-            mon.step(loss)
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            norms.append(float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads]))))
-            before = [p.detach().clone() for p in model.parameters()]
-            opt.step()
-            updates.append(np.array([float((p.detach() - b).norm() / b.norm()) for p, b in zip(model.parameters(), before)
-                                     if b.norm() > 0]))
-            losses.append(float(loss))
-    return np.asarray(losses), np.asarray(norms), updates, mon.report()
+    norms, updates, before = [], [], []
+
+    def measure(step, model, loss):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads]))))
+        before[:] = [p.detach().clone() for p in model.parameters()]
+
+    def moved(step, model):
+        updates.append(np.array([float((p.detach() - b).norm() / b.norm()) for p, b in zip(model.parameters(), before)
+                                 if b.norm() > 0]))
+
+    _, losses, mon = train(case_id, sgd, steps, after_backward=measure, after_step=moved)
+    return losses, np.asarray(norms), updates, mon.report()
 
 
 def test_levit_blown_up_first_sgd_step_is_nonfinite_not_stalled() -> None:

@@ -17,40 +17,26 @@ import numpy as np
 import pytest
 import torch
 
-import gradvet
-from gradvet.corpus import call, cases
 from gradvet.diagnosis._measures import early_loss, early_window
 
+from ._training import sgd, train
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _build(case_id: str):
-    torch.set_num_threads(1)
-    case = next(c for c in cases() if c.id == case_id)
-    if not case.available:
-        pytest.skip(f"{case.library} not installed")
-    return case.build(0)
 
 
 def _train(case_id: str, steps: int, each=None):
     """SGD (lr 0.05, momentum 0.9) under a default-profile Monitor, as the sweep trains; the losses, the
     global gradient norms (plain ``p.grad``), the report. ``each(step, model)`` runs after backward."""
-    model, (x, y), loss_fn = _build(case_id)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses, norms = [], []
-    with gradvet.Monitor(model, optimizer=opt) as mon:
-        for step in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(call(model, x), y)
-            loss.backward()
-            mon.step(loss)
-            if each is not None:
-                each(step, model)
-            norms.append(float(torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))))
-            opt.step()
-            losses.append(float(loss))
-    return np.asarray(losses), np.asarray(norms), mon.report()
+    norms = []
+
+    def measure(step, model, loss):
+        if each is not None:
+            each(step, model)
+        norms.append(float(torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))))
+
+    _, losses, mon = train(case_id, sgd, steps, after_backward=measure)
+    return losses, np.asarray(norms), mon.report()
 
 
 @pytest.mark.parametrize("head, window, level", [

@@ -18,28 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import gradvet
-from gradvet.corpus import call, cases
+from ._training import sgd, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _train(case_id: str, steps: int = 40):
-    torch.set_num_threads(1)
-    case = next(c for c in cases() if c.id == case_id)
-    if not case.available:
-        pytest.skip(f"{case.library} not installed")
-    model, (x, y), loss_fn = case.build(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with gradvet.Monitor(model, optimizer=opt, profile="full") as mon:
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(call(model, x), y)
-            loss.backward()
-            mon.step(loss)
-            opt.step()
+    _, _, mon = train(case_id, sgd, steps, profile="full")
     run = mon.load()
     assert run.loss[-1] < 0.02 * run.loss[0]  # it converged
     return run, mon.report()
