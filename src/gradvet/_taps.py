@@ -44,7 +44,7 @@ from gradvet._hooks import HookSet, add_grad_hook
 from gradvet._layers import LayerInfo
 from gradvet.stats import _layer as layer_stats
 from gradvet.stats._activations import FUNCTIONAL, ActivationKind
-from gradvet.stats._batch import HeldGrads, LayerSums
+from gradvet.stats._batch import HeldGrads, HeldInputs, LayerSums
 from gradvet.stats._held import CAP, HeldOutputs
 from gradvet.stats._layer import (
     N_ACC,
@@ -140,6 +140,7 @@ class LayerTaps:
         # every hook call's results, held until collect() sums them per layer in a few ops
         self._sums = LayerSums(len(infos))
         self._held_grads = HeldGrads(self._sums.grads, direct=self._sums.add_grads)
+        self._held_inputs = HeldInputs(self._sums.inputs)  # trunk inputs and their gradients, likewise
         # one gradient hook per layer, made once: a fresh partial per output and step was a Python
         # allocation per layer per step (more of them make the garbage collector run more often)
         self._grad_hooks = [partial(self._on_grad, i) for i in range(len(infos))]
@@ -262,6 +263,7 @@ class LayerTaps:
     @property
     def _sens(self) -> Optional[Tensor]:
         """``[L, 3]`` input sums since the last collect_sens (None if no input was measured)."""
+        self._reduce_grads()
         self._sums.flush()
         return self._sums.sens if self._sums.sens_seen else None
 
@@ -390,19 +392,16 @@ class LayerTaps:
         # not by the hook: x -> hook -> taps -> x would be a cycle through C++
         key, self._next_key = self._next_key, self._next_key + 1
         self._held[key] = x
-        x.register_hook(partial(self._on_input_grad, i, key, x._version))
+        add_grad_hook(x, partial(self._on_input_grad, i, key, x._version))
 
     def _on_input_grad(self, i: int, key: int, version: int, g: Tensor) -> None:
         x = self._held.pop(key, None)
         if self.failed or x is None or x._version != version:
             return  # changed in place since: its values are no longer the ones g belongs to
         try:
-            with torch._C.DisableTorchFunction():  # backward runs with grad mode off
-                # one float32 temporary of the activation's size: a half-precision g is promoted
-                # inside the product, and its own norm accumulates in float32 without a copy
-                xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-                gx = torch.linalg.vector_norm(g * xf)
-                self._sums.inputs.add(i, 1, gx, _norm32(g))
+            if self._held_inputs.add(i, x, g):
+                # reduced with the layer outputs' gradients when this backward pass ends
+                torch.autograd.Variable._execution_engine.queue_callback(self._reduce_grads)
         except Exception as e:
             self._fail(e)
 
@@ -486,8 +485,10 @@ class LayerTaps:
 
     def _reduce_grads(self) -> None:
         try:
-            with torch._C.DisableTorchFunction():
+            # no graph: the held inputs require grad, and collect() runs this outside the backward pass
+            with torch._C.DisableTorchFunction(), torch.no_grad():
                 self._held_grads.reduce()
+                self._held_inputs.reduce()
         except Exception as e:
             self._fail(e)
 
@@ -600,6 +601,7 @@ class LayerTaps:
         """``[L, 2]``: ``||dL/dx * x||`` and ``||dL/dx||`` of the layers' inputs measured since the last
         call (NaN for the others); resets. No host sync."""
         dev = self.device or torch.device("cpu")
+        self._reduce_grads()  # inputs held outside a finished backward pass (normally none)
         sens, self._held = self._sums.take_sens(), {}
         if sens is None:
             return torch.full((len(self.infos), 2), float("nan"), dtype=torch.float32, device=dev)
@@ -611,10 +613,3 @@ class LayerTaps:
         if inv_scale is not None:
             vals = vals * inv_scale.to(dev, torch.float32)
         return torch.where(valid[:, None], vals, torch.full_like(vals, float("nan")))
-
-
-def _norm32(g: Tensor) -> Tensor:
-    """``||g||`` accumulated in at least float32 (a half-precision ``g`` is not copied)."""
-    if g.dtype in (torch.float16, torch.bfloat16):
-        return torch.linalg.vector_norm(g, dtype=torch.float32)
-    return torch.linalg.vector_norm(g)

@@ -282,3 +282,56 @@ def test_two_forwards_then_one_backward_measure_each_input_with_its_own_gradient
     for name, ts in seen.items():
         want = float(torch.sqrt(sum((t.grad.double() * t.detach().double()).square().sum() for t in ts)))
         assert run.get("graph/in_sens").values[-1, names.index(name)] == pytest.approx(want, rel=1e-5)
+
+
+class _ResBF16(nn.Module):
+    """Trunk inputs that are bf16 under CPU autocast (a Linear's output and a residual sum)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc0(x)
+        h = h + self.fc1(torch.relu(h))
+        return self.head(self.fc2(h))
+
+
+def test_half_precision_trunk_inputs_measured_in_float32() -> None:
+    # inputs and their gradients are held to the end of the backward pass and reduced together
+    # (stats._batch.HeldInputs): bf16 ones are multiplied in float32, as g.float() * x.float()
+    torch.manual_seed(0)
+    model = _ResBF16()
+    x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
+
+    def loss_of() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.cross_entropy(model(x).float(), y)
+
+    with gradvet.Monitor(model, profile="full") as mon:
+        for _ in range(2):
+            model.zero_grad()
+            loss = loss_of()
+            loss.backward()
+            mon.step(loss)
+    run = mon.load()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m, a):
+            a[0].retain_grad()
+            seen[name] = a[0]
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in model.named_modules() if n in ("fc2", "head")]
+    model.zero_grad()
+    loss_of().backward()
+    for h in hooks:
+        h.remove()
+    names = [layer["name"] for layer in run.layers]
+    sens, grad = run.get("graph/in_sens").values[-1], run.get("graph/in_grad").values[-1]
+    for name, t in seen.items():
+        assert t.dtype == torch.bfloat16
+        assert np.isfinite(sens[names.index(name)])
+        assert sens[names.index(name)] == pytest.approx(float((t.grad.float() * t.detach().float()).norm()), rel=1e-5)
+        assert grad[names.index(name)] == pytest.approx(float(t.grad.float().norm()), rel=1e-5)
