@@ -198,7 +198,9 @@ def _count_nonfinite(grads: Sequence[Tensor], l2: Tensor) -> Tensor:
     norm is non-finite get the counting pass. On other devices every gradient is
     counted: a host branch on ``l2`` there would sync each step.
     """
-    if l2.device.type != "cpu":
+    from gradvet.stats import _layer
+
+    if l2.device.type != "cpu" or not _layer.CPU_SHORTCUTS:  # bench/taps.py --device-path: a GPU's ops
         return _fused_nonfinite(grads)
     nf = torch.zeros(len(grads), dtype=torch.float32)
     for i in (~torch.isfinite(l2)).nonzero().flatten().tolist():  # sync-ok: CPU tensor
