@@ -5,7 +5,8 @@ Healthy cases are the libraries' own models at their own default initialisation,
 tiny configurations that a 2-core CPU runs in seconds: a correct diagnosis finds
 nothing to warn about. Sick cases are derived from those models by one documented
 change (every ReLU a Sigmoid, BatchNorm removed, convolution weights scaled, a NaN in
-the batch, a learning rate that diverges); each carries a ``verify`` function that
+the batch, a learning rate that diverges), or are a library's model sick at its own
+init (transformers' EfficientNet); each carries a ``verify`` function that
 measures the sickness with plain PyTorch autograd, independently of gradvet.
 
 ``python -m gradvet.corpus [--markdown] [--only SUBSTR] [--full-size]`` prints gradvet's
@@ -413,7 +414,8 @@ def _held_out_2_healthy() -> list[Case]:
     audio, video and segmentation networks, deep residual nets (ResNet-152, a 12-block ViT), and 59 timm
     families; no finding at warning or error on any. transformers' EfficientNet, swept with them, is not
     here: it is not healthy (its BatchNorm gains are drawn from N(0, 0.02): activations reach 1e-33 at
-    ``top_conv``, and AdamW barely trains it), and ``check`` at its init says nothing: a missed detection."""
+    ``top_conv``, and AdamW barely trains it); it is a sick case (``transformers/efficientnet``), which
+    ``check`` at its init first missed."""
     hf = {
         "mixtral": _hf_lm("MixtralForCausalLM", "MixtralConfig", **dict(_DEC, num_key_value_heads=2,
                                                                          num_local_experts=4, num_experts_per_tok=2)),
@@ -881,7 +883,35 @@ def _sick_cases() -> list[Case]:
     timm_r18 = _derived(_timm("resnet18"), no_norms, sigmoid_acts)
     add(_sick("timm/resnet18-nobn-sigmoid", "timm", "cnn", timm_r18, van, ("conv1",),
               _ratio_verifier(timm_r18, "conv1", "fc"), "BatchNorm -> Identity, ReLU -> Sigmoid"))
+
+    # no change: the library's own init is sick (docs/corpus.md, "Second held-out sweep")
+    effnet = _hf_image("EfficientNetForImageClassification", "EfficientNetConfig", size=64, image_size=64,
+                       width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320)
+    add(_sick("transformers/efficientnet", "transformers", "cnn", effnet, van,
+              ("efficientnet.embeddings.convolution",), _efficientnet_verifier(effnet),
+              "its own init: _init_weights draws every BatchNorm gain from N(0, 0.02); the activations reach "
+              "1e-33 at top_conv and no gradient reaches the stem"))
     return out
+
+
+def _efficientnet_verifier(build: Callable[[int], Built]) -> Callable[[int], dict[str, float]]:
+    """The stem's output gradient over the classifier's (plain autograd), and the activation std at ``top_conv``
+    (a forward hook)."""
+    ratio = _ratio_verifier(build, "efficientnet.embeddings.convolution", "classifier")
+
+    def verify(seed: int) -> dict[str, float]:
+        model, (inputs, _), _ = build(seed)
+        seen: list[float] = []
+        h = model.efficientnet.encoder.top_conv.register_forward_hook(
+            lambda _m, _i, out: seen.append(float(out.detach().double().std())))
+        try:
+            model.train()
+            with torch.no_grad():
+                call(model, inputs)
+        finally:
+            h.remove()
+        return {**ratio(seed), "top_conv_std": seen[0]}
+    return verify
 
 
 def _scale_recurrent(model: nn.Module, factor: float) -> nn.Module:

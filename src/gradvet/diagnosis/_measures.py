@@ -195,17 +195,24 @@ def depth_profile(run: Run) -> Optional[Depth]:
 
 def _has_zero_layer(run: Run) -> bool:
     """Whether some parameterised layer starts with all its parameters exactly zero (first recorded norms)."""
+    return bool(zero_layers(run))
+
+
+def zero_layers(run: Run) -> list[dict[str, Any]]:
+    """The parameterised layers that start with all their parameters exactly zero (first recorded norms):
+    zero-init residual branch ends (Goyal et al., 2017; Fixup; SkipInit), zero-init heads."""
     s = run.get("param/param_norm")
     if s is None or not len(s.steps) or s.values.ndim != 2:
-        return False
+        return []
     v = s.values.astype(np.float64)
     ok = np.isfinite(v)
     first = np.where(ok.any(axis=0), v[np.argmax(ok, axis=0), np.arange(v.shape[1])], np.nan)
+    out = []
     for layer in run.ordered_layers():
         idx = layer.get("params") or []
         if idx and np.isfinite(first[idx]).all() and bool((first[idx] == 0.0).all()):
-            return True
-    return False
+            out.append(layer)
+    return out
 
 
 def per_layer_factor(rel: np.ndarray) -> float:

@@ -36,6 +36,23 @@ what comes from the input side there is a design choice at init.
 - Without any normalisation layer the scale is not free, and ``||dL/dx||`` itself
   is compared as well (a residual stream that grows layer by layer in a
   transformer without LayerNorm hands its early layers gradients 10-100x larger).
+- **no gradient at all**: a trunk point whose ``||dL/dx||`` reads 0 (none, or elements
+  below ~1e-22, whose float32 squares underflow) while the loss-side end of its stream
+  gets some is the most vanished reading there is, and a scale-free one (no
+  rescaling of ``x`` makes ``0 * x`` non-zero); it reads as the floor
+  (``_measures._FLOOR``), even where ``||dL/dx * x||`` has no reference. Found
+  on transformers' EfficientNet, whose ``_init_weights`` draws every BatchNorm gain
+  from N(0, 0.02): a BatchNorm whose input variance falls below its ``eps`` no longer
+  restores the scale, so every block shrinks the signal, forward and backward; the
+  activations fall from std 1 to 1e-33 at ``top_conv``, ``||dL/dx * x||`` underflows
+  to 0 in float32 at every trunk point (the loss-side end included), and
+  ``||dL/dx||`` falls from 0.24 at the classifier to 1e-22 of it, then to 0 over the
+  first 14 trunk points (docs/corpus.md). Zeros by design are not read this way: behind a
+  zero-init layer *on* the trunk (a zero head) nothing reaches the trunk until its
+  first step (Goyal et al., 2017; Zhang et al., 2019, Fixup), and its stream's
+  loss-side end gets 0 too; zero-init residual branch ends (NFNet, ResNets'
+  ``zero_init_last``), layer scale (CaiT, ConvNeXt) and ReZero gates (Bachlechner
+  et al., 2021) sit on branches, which the trunk bypasses.
 """
 
 from __future__ import annotations
@@ -54,7 +71,7 @@ from gradvet.diagnosis._context import (
     is_norm,
     median_fact,
 )
-from gradvet.diagnosis._measures import _log10, before_fit, nanmedian
+from gradvet.diagnosis._measures import _FLOOR, _log10, before_fit, nanmedian, zero_layers
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
@@ -65,6 +82,8 @@ EXPLODE_WARN, EXPLODE_ERROR = 1.5, 3.0
 GATE_RMS = 1e-3
 #: a network is "normalised" when it has at least this many normalisation layers per weight layer
 NORMALISED_SHARE = 0.25
+#: normalisation gains (BatchNorm/LayerNorm weights, which start at 1) this small at init shrink the signal
+NORM_GAIN_SMALL = 0.1
 
 
 def branched(run: Run) -> bool:
@@ -94,6 +113,8 @@ class Trunk:
     rel: np.ndarray  # log10 of ||dL/dx * x|| over the stream's loss-side end (0 there)
     raw: Optional[np.ndarray]  # the same for ||dL/dx||
     ref: list[str]  # the loss-side end of each point's stream
+    grad: Optional[np.ndarray] = None  # ||dL/dx|| of each point (median over the steps read)
+    zero: Optional[list[bool]] = None  # read at the floor: no gradient at all, its stream's end gets some
 
 
 def _relative(vals: np.ndarray, stream: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -118,23 +139,48 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
     )
     gr = run.get("graph/in_grad")
     rows = before_fit(run, s.steps)  # the readings of a net that has yet to fit its batch
-    cols, raws, names, stream = [], [], [], []
-    for _, layer in points:
+    cols, raws, names, stream, pos = [], [], [], [], []
+    for at, layer in points:
         col = s.values[rows, layer["index"]].astype(np.float64)
         if np.isfinite(col).any() and layer["name"] not in names:
             cols.append(nanmedian(col))
             raws.append(nanmedian(gr.values[rows, layer["index"]].astype(np.float64)) if gr is not None else np.nan)
             names.append(layer["name"])
             stream.append(int(layer["graph"].get("stream", 0)))
+            pos.append(int(at))
     if len(cols) < 2:
         return None
     rel, ref = _relative(np.asarray(cols), stream)
-    raw, _ = _relative(np.asarray(raws), stream)
+    grads = np.asarray(raws)
+    raw, _ = _relative(grads, stream)
+    zero = _no_gradient(run, grads, ref, pos)
+    rel[zero] = np.fmin(rel[zero], _FLOOR)
     if not np.isfinite(rel).any():
         return None
     weights = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
     first = weights[0]["name"] if weights else names[0]
-    return Trunk(names, first, stream, rel, raw if np.isfinite(raw).any() else None, [names[j] for j in ref])
+    return Trunk(names, first, stream, rel, raw if np.isfinite(raw).any() else None, [names[j] for j in ref],
+                 grads, [bool(z) for z in zero])
+
+
+def _no_gradient(run: Run, grads: np.ndarray, ref: list[int], pos: list[int]) -> np.ndarray:
+    """Per trunk point, whether its gradient reads 0 while the loss-side end of its stream gets some.
+
+    A layer on the trunk whose weights start at exactly zero (a zero head, a zero-init layer of a plain
+    stack) blocks the gradient behind it by design until its first step: the points behind it (farther from
+    the loss, ``pos`` larger) are blocked, not vanished. A layer with only a zero bias (an LM head whose weight
+    is tied to the embedding) blocks nothing.
+    """
+    end = grads[ref]
+    zero = (grads == 0.0) & (end > 0) & np.isfinite(end) & (np.arange(len(grads)) != np.asarray(ref))
+    if not zero.any():
+        return zero
+    for layer in zero_layers(run):
+        at = (layer.get("graph") or {}).get("trunk")
+        weights = [i for i in layer.get("params") or [] if not str(run.params[i].get("name", "")).endswith("bias")]
+        if at is not None and weights:
+            zero &= np.asarray(pos) < int(at)
+    return zero
 
 
 def smallest_gate(run: Run) -> Optional[tuple[str, float]]:
@@ -184,20 +230,67 @@ def _named(t: Trunk, hit: list[bool]) -> list[str]:
 
 
 def _data(t: Trunk) -> dict[str, Any]:
-    return {"trunk": t.names, "stream": t.stream, "log10_sensitivity_vs_stream_end": [
+    data: dict[str, Any] = {"trunk": t.names, "stream": t.stream, "log10_sensitivity_vs_stream_end": [
         None if not np.isfinite(r) else round(float(r), 3) for r in t.rel]}
+    if t.zero and any(t.zero) and t.grad is not None:
+        data["no_gradient"] = [n for n, z in zip(t.names, t.zero) if z]
+        data["input_grad_norm"] = [None if not np.isfinite(g) else float(f"{g:.4g}") for g in t.grad]
+    return data
+
+
+def _norm_gain(run: Run) -> Optional[tuple[float, int]]:
+    """Median rms of the normalisation layers' gains at the first step, and how many were read."""
+    s = run.get("param/param_norm")
+    if s is None or not len(s.steps):
+        return None
+    first = s.values[0].astype(np.float64)
+    rms = []
+    for layer in run.layers:
+        if not is_norm(layer):
+            continue
+        for i in layer.get("params") or []:
+            shape, name = run.params[i].get("shape") or [], str(run.params[i].get("name", ""))
+            if len(shape) == 1 and shape[0] > 0 and name.endswith("weight") and np.isfinite(first[i]):
+                rms.append(first[i] / np.sqrt(shape[0]))
+    return (float(np.median(rms)), len(rms)) if rms else None
+
+
+def _no_gradient_evidence(t: Trunk, j: int) -> str:
+    """The evidence when the deepest trunk points get no gradient at all."""
+    grad = t.grad if t.grad is not None else np.full(len(t.names), np.nan)
+    end = t.names.index(t.ref[j])
+    text = (f"along the trunk (the activations every gradient passes through), the gradient ||dL/dx|| at the "
+            f"input of {t.names[j]!r} is 0 in float32 (none, or elements below ~1e-22 whose squares underflow), "
+            f"while at the input of {t.ref[j]!r}, nearer the loss, it is {grad[end]:.1e}; {sum(t.zero or [])} of "
+            f"{len(t.names)} trunk points get no gradient at all")
+    live = [k for k in range(len(t.names)) if t.stream[k] == t.stream[j] and k != end and grad[k] > 0
+            and np.isfinite(grad[k])]
+    if live:
+        k = live[0]  # the point nearest the input that still gets some
+        text += (f"; the last that gets some, the input of {t.names[k]!r}, gets {grad[k] / grad[end]:.1e} "
+                 f"of the loss-side end's")
+    return text
 
 
 def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
     hit = [bool(np.isfinite(r) and r <= VANISH_WARN) for r in t.rel]
     acts = activations(run)
     j = int(np.nanargmin(t.rel))
-    evidence = (
-        f"along the trunk (the activations every gradient passes through), the loss's sensitivity "
-        f"||dL/dx * x|| at the input of {t.names[j]!r} is {10 ** lo:.1e} of that at the input of "
-        f"{t.ref[j]!r}, nearer the loss; {sum(hit)} of {len(t.names)} trunk points get less than 1% of it"
-    )
+    if t.zero and t.zero[j]:
+        evidence = _no_gradient_evidence(t, j)
+    else:
+        evidence = (
+            f"along the trunk (the activations every gradient passes through), the loss's sensitivity "
+            f"||dL/dx * x|| at the input of {t.names[j]!r} is {10 ** lo:.1e} of that at the input of "
+            f"{t.ref[j]!r}, nearer the loss; {sum(hit)} of {len(t.names)} trunk points get less than 1% of it"
+        )
     causes: list[Cause] = []
+    gain = _norm_gain(run)
+    if gain is not None and gain[0] < NORM_GAIN_SMALL:
+        causes.append(Cause("init_scale", f"the normalisation layers' gains start at rms {gain[0]:.2g} (median of "
+                            f"{gain[1]}), not 1: each norm scales the signal down, and once its input's variance "
+                            "is below the norm's eps it no longer restores the scale, so every block shrinks the "
+                            "signal forward and backward", 0.9))
     sat = [a for a in acts if a in SATURATING]
     if sat:
         causes.append(Cause("saturating_activation", f"{'/'.join(sat)} on the trunk: each passes on at most "
