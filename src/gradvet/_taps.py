@@ -173,6 +173,8 @@ class LayerTaps:
     # -- wiring -------------------------------------------------------------------------
     def attach(self, root: nn.Module, hooks: HookSet) -> None:
         """Register every hook on ``root`` and its layers into ``hooks``."""
+        # the hooks' eager bodies are made now, outside any traced region (see _LazyEager)
+        _ = self._forward_body
         hooks.add(root.register_forward_pre_hook(self._root_pre))
         hooks.add(root.register_forward_hook(self._root_post, always_call=True))
         for i, (info, mod) in enumerate(zip(self.infos, self.modules)):
@@ -189,8 +191,17 @@ class LayerTaps:
         # backward: measuring it would mix its activations into the next training step
         return self.active and not self.failed and torch.is_grad_enabled()
 
-    @_eager
+    # Each hook is a gate that dynamo traces (it reads ``active``: a compiled model guards on it and
+    # keeps one graph for the steps that are not measured, one for those that are) and a body that runs
+    # eagerly (``_eager``). A disabled hook would break a compiled model's graph at every layer on every
+    # step, measured or not (a GPT-2 proxy: 25 graphs instead of 1, and recompiles of nn.Linear.forward
+    # up to dynamo's limit).
     def _root_pre(self, module: nn.Module, args: Any) -> None:
+        if self.active:
+            self._root_pre_body(module, args)
+
+    @_eager
+    def _root_pre_body(self, module: nn.Module, args: Any) -> None:
         self._reduce_outputs()  # a forward that never reached its end (normally none held)
         self._producer.clear()
         self._calls = [0] * len(self.infos)
@@ -204,8 +215,12 @@ class LayerTaps:
             self._mode = _FunctionalActivations(self)
             self._mode.__enter__()
 
-    @_eager
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.active or self._mode is not None:
+            self._root_post_body(module, args, output)
+
+    @_eager
+    def _root_post_body(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
@@ -217,10 +232,13 @@ class LayerTaps:
         self._producer.clear()
         self.in_activation_module = 0
 
-    @_eager
     def _act_pre(self, module: nn.Module, args: Any) -> None:
         if self._measuring():
-            self.in_activation_module += 1
+            self._enter_activation()
+
+    @_eager
+    def _enter_activation(self) -> None:
+        self.in_activation_module += 1
 
     # -- collection ---------------------------------------------------------------------
     @property
@@ -285,10 +303,12 @@ class LayerTaps:
         if peak is not None:
             self._add_alive(i, call, peak, a.numel())
 
-    @_eager
     def _forward(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._measuring():
-            return
+        if self._measuring():
+            self._forward_body(i, args, output)
+
+    @_eager
+    def _forward_body(self, i: int, args: Any, output: Any) -> None:
         info = self.infos[i]
         if info.role == "activation":
             self.in_activation_module = max(0, self.in_activation_module - 1)
@@ -525,10 +545,13 @@ class LayerTaps:
         except Exception as e:
             self._fail(e)
 
-    @_eager
     def _rnn_pre(self, i: int, module: nn.Module, args: Any) -> Any:
-        if not (self._measuring() and self.time_profile) or not args:
-            return None
+        if self._measuring() and self.time_profile and args:
+            return self._rnn_pre_body(i, args)
+        return None
+
+    @_eager
+    def _rnn_pre_body(self, i: int, args: Any) -> Any:
         x = args[0]
         if not isinstance(x, Tensor) or not x.is_floating_point():
             return None  # PackedSequence inputs: no per-time-step profile

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from gradvet import _distributed
+from gradvet._compiled import EagerWhileMeasuring
 from gradvet._hooks import HookSet
 from gradvet._layers import discover_layers, owner_names
 from gradvet._structure import layer_facts, optimizer_settings
@@ -134,6 +135,7 @@ class Monitor:
         self.run: Optional[Run] = None if record is not None else Run()
         self._writer: Optional[RecordWriter] = None
         self._hooks = HookSet()
+        self._eager = EagerWhileMeasuring()
         self._entered = False
         self._step = 0
         self._buf: dict[str, list] = {}
@@ -178,7 +180,7 @@ class Monitor:
         if self.optimizer is not None:
             self._hooks.add(self.optimizer.register_step_pre_hook(self._opt_pre))
             self._hooks.add(self.optimizer.register_step_post_hook(self._opt_post))
-        self._taps.active = self._step % self.config.layer_every == 0
+        self._set_layer_step(self._step % self.config.layer_every == 0)
         self._entered = True
         return self
 
@@ -197,7 +199,7 @@ class Monitor:
         self._entered = False
         atexit.unregister(self.close)
         self._hooks.remove()
-        self._taps.active = False
+        self._set_layer_step(False)
         self._taps.release()
         self._loss_node = None
         self._snapshots, self._before, self._weight_norms = {}, None, None
@@ -284,11 +286,17 @@ class Monitor:
             )
             log.exception("gradvet: measuring step %d failed", s)
         self._step = s + 1
-        self._taps.active = self._step % self.config.layer_every == 0
+        self._set_layer_step(self._step % self.config.layer_every == 0)
         if len(self._buf.get("step", ())) >= self.config.flush_every or (
             time.monotonic() - self._last_flush > self.config.flush_seconds
         ):
             self._flush()
+
+    def _set_layer_step(self, measured: bool) -> None:
+        """Whether the coming forward/backward passes are measured layer by layer; a compiled model runs
+        them eagerly (gradvet._compiled) and its compiled graph on the other steps."""
+        self._taps.active = measured
+        self._eager.set(measured)
 
     def _scale_tensor(self) -> Optional[Tensor]:
         sc = self.scaler
