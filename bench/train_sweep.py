@@ -13,7 +13,14 @@ Usage::
     python bench/train_sweep.py --optimizer adamw --steps 60 --json /tmp/fa/adamw.json
     python bench/train_sweep.py --optimizer sgd --steps 40 --only timm/ --chunk 1/2 --records /tmp/fa/sgd
     python bench/train_sweep.py --group held_out_2 --skip torchvision/s3d --records /tmp/fa2/rec_adamw
+    python bench/train_sweep.py --profile full --steps 40 --records /tmp/amp/rec_full
+    python bench/train_sweep.py --amp bf16 --steps 40 --only transformers/ --records /tmp/amp/rec_bf16
     python bench/train_sweep.py --rediagnose /tmp/fa/sgd   # the saved records under today's rules
+
+``--amp bf16`` runs the forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
+``--amp fp16-scaler`` under float16 autocast with a ``torch.amp.GradScaler("cpu")`` given to the
+Monitor (``scaler.scale(loss).backward()``, ``monitor.step(loss)``, ``scaler.step(opt)``,
+``scaler.update()``, as the README's AMP loop). Parameters stay float32 under both.
 
 ``--records DIR`` keeps each run's record (``DIR/<id>.gvrec``); ``--rediagnose DIR`` reads them back
 and diagnoses them again without training, so a rule change is checked against the whole sweep in
@@ -23,6 +30,7 @@ seconds (the report reads only the record).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -55,17 +63,35 @@ def train_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     opt = make_optimizer(args.optimizer, model, args.lr)
     losses = []
     record = _record_path(args.records, case.id) if args.records else None
-    with gradvet.Monitor(model, optimizer=opt, profile=args.profile, record=record, overwrite=True) as mon:
+    amp = getattr(args, "amp", "none")
+    scaler = torch.amp.GradScaler("cpu") if amp == "fp16-scaler" else None
+    with gradvet.Monitor(model, optimizer=opt, scaler=scaler, profile=args.profile, record=record,
+                         overwrite=True) as mon:
         for _ in range(args.steps):
             opt.zero_grad()
-            loss = loss_fn(call(model, x), y)
-            loss.backward()
-            mon.step(loss)
-            opt.step()
+            with _autocast(amp):
+                loss = loss_fn(call(model, x), y)
+            if scaler is None:
+                loss.backward()
+                mon.step(loss)
+                opt.step()
+            else:  # README's AMP loop: monitor.step after backward, before scaler.step
+                scaler.scale(loss).backward()
+                mon.step(loss)
+                scaler.step(opt)
+                scaler.update()
             losses.append(float(loss.detach()))
     r = summarise(case.id, mon.load())
     r["seconds"] = round(time.perf_counter() - t0, 1)
     return r
+
+
+def _autocast(amp: str) -> Any:
+    """The forward's precision: float32 (``none``), or CPU autocast to bfloat16 / float16 (parameters,
+    gradients and optimizer state stay float32 under autocast)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def summarise(case_id: str, run: Run) -> dict[str, Any]:
@@ -125,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 for adamw, 0.05 for sgd")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--profile", default="default", help="economy (default), business or full")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16-scaler"], default="none",
+                   help="bf16: forward and loss under CPU bfloat16 autocast; fp16-scaler: under float16 "
+                        "autocast with a torch.amp.GradScaler passed to the Monitor")
     p.add_argument("--only", default="", help="a substring of the case ids to keep")
     p.add_argument("--group", choices=sorted(_GROUPS), default=None,
                    help="only the cases of one held-out group (held_out_2: the 105 added last)")
