@@ -18,6 +18,7 @@ Usage::
     python bench/taps.py --threads 1 --steps 20 --rounds 7 --json taps.json
     python bench/taps.py --device-path     # the ops a GPU runs (no CPU-only shortcuts), on the CPU
     python bench/taps.py --models gpt2-proxy --profile-ops full   # torch.profiler top ops
+    python bench/taps.py --compile aot_eager   # a torch.compile'd proxy: ratios, graphs, recompiles
 """
 
 from __future__ import annotations
@@ -196,6 +197,36 @@ def profile_ops(name: str, profile: str, args: argparse.Namespace) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def bench_compiled(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The proxy compiled with ``--compile``'s backend: CPU ratios to the compiled plain step, and dynamo's
+    graphs (``unique_graphs``) after each variant's steps, with the compiles it caused after its second
+    step (gradvet: the first measured step runs eagerly, the second compiles the model's graph)."""
+    from torch._dynamo.utils import counters
+
+    wl = build(name, setup_device(args.device, None), args.tiny)
+    wl.model = torch.compile(wl.model, backend=args.compile)
+    variants: list[Optional[str]] = [None, *args.profiles]
+    cpu: dict[Any, list[float]] = {v: [] for v in variants}
+    graphs: dict[str, Any] = {}
+    for v in variants:  # compile each variant's graphs once, counting them
+        torch._dynamo.reset()
+        counters.clear()
+        with _steps(wl, v) as after:
+            seen = []
+            for _ in range(max(args.warmup, 2) + 60):  # past economy's second measured step (50)
+                train_step(wl, after)
+                seen.append(counters["stats"]["unique_graphs"])
+        graphs["plain" if v is None else v] = {"graphs": seen[-1], "compiled_after_step_2": seen[-1] - seen[1]}
+    for r in range(args.rounds):
+        for v in variants:
+            cpu[v].append(time_profile(wl, v, args.steps, args.warmup)[1])
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    med = statistics.median
+    rows = {("plain" if v is None else v): {"cpu_ms": med(cpu[v]) * 1e3, "cpu_ratio": med(cpu[v]) / med(cpu[None]),
+                                          **graphs["plain" if v is None else v]} for v in variants}
+    return {"model": f"{wl.description}, torch.compile(backend={args.compile!r})", "rows": rows}
+
+
 def table_rows(res: dict[str, Any]) -> list[list[str]]:
     out = []
     for v, r in res["rows"].items():
@@ -226,6 +257,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         help="turn gradvet's CPU-only shortcuts off: the ops a GPU runs, timed on the CPU",
     )
     p.add_argument("--profile-ops", default=None, metavar="PROFILE", help="print torch.profiler's top ops and exit")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="torch.compile the proxies with this backend (eager, aot_eager, inductor)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -239,6 +272,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             profile_ops(name, args.profile_ops, args)
         return {}
     out: dict[str, Any] = {"env": env_info(torch.device(args.device)), "args": vars(args), "models": {}}
+    if args.compile:
+        for name in args.models:
+            res = out["models"][name] = bench_compiled(name, args)
+            print_table(res["model"], ["variant", "CPU ms", "CPU ratio", "graphs", "compiled after step 2"],
+                        [[k, f"{r['cpu_ms']:.2f}", f"{r['cpu_ratio']:.3f}x", str(r["graphs"]),
+                          str(r["compiled_after_step_2"])] for k, r in res["rows"].items()])
+        write_json(args.json, out)
+        return out
     cols = ["variant", "wall ms", "CPU ms", "ratio", "CPU ratio", "ops/step", "gradvet ops", "CPU us/layer", "target"]
     for name in args.models:
         res = bench_model(name, args)
