@@ -126,6 +126,14 @@ def broken_mlp() -> nn.Module:
     return model
 
 
+def small_gain_bn() -> nn.Module:
+    """A BatchNorm MLP whose norm gains start at 0.02 (transformers' EfficientNet draws them so)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    nn.init.constant_(model[1].weight, 0.02)
+    return model
+
+
 # id -> (model builder, batch, kwargs): a model on which the remedy changes something.
 CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     **{rid: (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}) for rid in MODEL_REMEDIES if rid.startswith("activation:")},
@@ -138,6 +146,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[str, Any]]] = {
     "init:zero_residual": (ResNetLike, img_batch(), {}),
     "init:reset_bias": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "init:reset_nonfinite": (broken_mlp, mlp_batch(), {}),
+    "init:reset_norm": (small_gain_bn, mlp_batch(), {}),
     "norm:batch": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:layer": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),
     "norm:rms": (lambda: sigmoid_mlp(4, 16), mlp_batch(), {}),

@@ -70,6 +70,12 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "(Lu et al., 2019)",
         _APPLY,
     ),
+    "init:reset_norm": (
+        "reset every normalisation layer's affine to its default, gain 1 and shift 0 (0 for a Gemma-style "
+        "RMSNorm that scales by 1 + weight), so each norm hands on the normalised signal at unit scale "
+        "(Ioffe & Szegedy, 2015; Ba et al., 2016); zero-init residual gains are reset too",
+        _APPLY,
+    ),
     "init:reset_nonfinite": (
         "re-initialise the layers whose weights hold NaN/Inf (or load them from an earlier checkpoint): "
         "no optimizer step can repair a non-finite weight",

@@ -308,6 +308,8 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
         rems += [remedy("norm:batch", 0.7), remedy("residual", 0.6),
                  remedy("init:kaiming" if any(a in RELU_FAMILY for a in acts) else "init:xavier", 0.5),
                  remedy("optim:adam", 0.3)]
+    if gain is not None and gain[0] < NORM_GAIN_SMALL:  # the init_scale cause: reset the gains before any other edit
+        rems.insert(0, remedy("init:reset_norm", 0.95, f"the norm gains start at rms {gain[0]:.2g}, not 1"))
     severity = "error" if lo <= VANISH_ERROR else "warning"
     gate = smallest_gate(run)
     if gate is not None and lo >= np.log10(gate[1]) - 1:

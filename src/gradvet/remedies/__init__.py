@@ -19,6 +19,7 @@ from gradvet.remedies._gates import chrono_init, init_forget_gate_bias
 from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, reset_biases
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
+from gradvet.remedies._norm_affine import reset_norm_affine
 from gradvet.remedies._pretrain import pretrain_layerwise
 from gradvet.remedies._registry import MODEL_REMEDIES, applicable, apply_remedy, catalogue
 from gradvet.remedies._reset import reinit_nonfinite
@@ -66,6 +67,7 @@ __all__ = [
     "pretrain_layerwise",
     "reinit_nonfinite",
     "reset_biases",
+    "reset_norm_affine",
     "shallower",
     "skip_nonfinite",
     "swap_activations",

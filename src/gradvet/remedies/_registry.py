@@ -27,6 +27,7 @@ from gradvet.remedies._init import init_kaiming, init_orthogonal, init_xavier, r
 from gradvet.remedies._layout import weighted_layers
 from gradvet.remedies._lsuv import lsuv_init
 from gradvet.remedies._norm import insert_norm
+from gradvet.remedies._norm_affine import reset_norm_affine
 from gradvet.remedies._pretrain import pretrain_applicable, pretrain_remedy
 from gradvet.remedies._reset import reinit_nonfinite
 from gradvet.remedies._residual import add_residual, zero_init_residual
@@ -80,6 +81,7 @@ MODEL_REMEDIES: dict[str, RemedyFn] = {
     "init:zero_residual": _ignoring_batch(zero_init_residual),
     "init:reset_bias": _ignoring_batch(reset_biases),
     "init:reset_nonfinite": _ignoring_batch(reinit_nonfinite),
+    "init:reset_norm": _ignoring_batch(reset_norm_affine),
     "norm:batch": _ignoring_batch(insert_norm, kind="batch"),
     "norm:layer": _ignoring_batch(insert_norm, kind="layer"),
     "norm:rms": _ignoring_batch(insert_norm, kind="rms"),
