@@ -276,7 +276,32 @@ class LayerSums:
         return out
 
 
-class HeldGrads:
+class _Held:
+    """Tensors held until the autograd engine's final callback, reduced on the spot past ``cap`` bytes."""
+
+    def __init__(self, cap_bytes: int) -> None:
+        self.cap = cap_bytes
+        self.held: list = []
+        self.bytes = 0
+
+    def _hold(self, item: tuple, nbytes: int) -> bool:
+        """Hold ``item``; True when it is the first held one (the caller queues the reduction)."""
+        first = not self.held
+        self.held.append(item)
+        self.bytes += nbytes
+        if self.bytes >= self.cap:
+            self.reduce()
+        return first
+
+    def _take(self) -> list:
+        held, self.held, self.bytes = self.held, [], 0
+        return held
+
+    def reduce(self) -> None:
+        raise NotImplementedError
+
+
+class HeldGrads(_Held):
     """Gradients reaching layer outputs, held for the rest of the backward pass and reduced together.
 
     A gradient hook that reduced its gradient at once would dispatch its norm and its
@@ -295,22 +320,16 @@ class HeldGrads:
     ) -> None:
         # direct: where every norm of a group is finite on the CPU, (layers, numels, norms) go there
         # in one call (LayerSums.add_grads) instead of one log entry per gradient
-        self.log, self.cap, self.direct = log, cap_bytes, direct
-        self.held: list[tuple[int, Tensor]] = []
-        self.bytes = 0
+        super().__init__(cap_bytes)
+        self.log, self.direct = log, direct
 
     def add(self, layer: int, g: Tensor) -> bool:
         """Hold ``g`` for ``layer``; True when it is the first held one (queue the reduction)."""
-        first = not self.held
-        self.held.append((layer, g))
-        self.bytes += g.numel() * g.element_size()
-        if self.bytes >= self.cap:
-            self.reduce()
-        return first
+        return self._hold((layer, g), g.numel() * g.element_size())
 
     def reduce(self) -> None:
         """Reduce every held gradient into the log (norm and non-finite count per call)."""
-        held, self.held, self.bytes = self.held, [], 0
+        held: list[tuple[int, Tensor]] = self._take()
         groups: dict[tuple, list[int]] = {}
         for k, (_, g) in enumerate(held):
             groups.setdefault((g.device, g.dtype), []).append(k)
@@ -325,7 +344,7 @@ class HeldGrads:
                 self.log.add(layer, g.numel(), n, c)
 
 
-class HeldInputs:
+class HeldInputs(_Held):
     """Layer inputs and the gradients reaching them, held to the end of the backward pass and reduced
     together into ``||dL/dx * x||`` and ``||dL/dx||`` (the trunk's input sensitivities).
 
@@ -338,22 +357,16 @@ class HeldInputs:
     """
 
     def __init__(self, log: CallLog, cap_bytes: int = 64 << 20) -> None:
-        self.log, self.cap = log, cap_bytes
-        self.held: list[tuple[int, Tensor, Tensor]] = []
-        self.bytes = 0
+        super().__init__(cap_bytes)
+        self.log = log
 
     def add(self, layer: int, x: Tensor, g: Tensor) -> bool:
         """Hold input ``x`` of ``layer`` and its gradient ``g``; True when it is the first held one."""
-        first = not self.held
-        self.held.append((layer, x, g))
-        self.bytes += g.numel() * (g.element_size() + x.element_size())
-        if self.bytes >= self.cap:
-            self.reduce()
-        return first
+        return self._hold((layer, x, g), g.numel() * (g.element_size() + x.element_size()))
 
     def reduce(self) -> None:
         """Reduce every held pair into the log (two norms per input)."""
-        held, self.held, self.bytes = self.held, [], 0
+        held: list[tuple[int, Tensor, Tensor]] = self._take()
         groups: dict[tuple, list[int]] = {}
         for k, (_, x, g) in enumerate(held):
             groups.setdefault((g.device, g.dtype, x.dtype, g.shape == x.shape), []).append(k)
