@@ -464,6 +464,8 @@ def _held_out_2_healthy() -> list[Case]:
                                depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64),
         "resnet_hf": _hf_image("ResNetForImageClassification", "ResNetConfig", size=64, embedding_size=16,
                                hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="bottleneck"),
+        # growth 10^11.8 and gradient norm 1.5e13 at init, from its last stage's 1x1 maps: BatchNorm over the
+        # 2 images; with 8 it reads 10^1.3 (gradvet.diagnosis._trunk, tests/diagnosis/test_levit_growth.py)
         "levit_hf": _hf_image("LevitForImageClassification", "LevitConfig", size=64, image_size=64),
         "cvt": _hf_image("CvtForImageClassification", "CvtConfig", size=64),
         "beit_hf": _hf_image("BeitForImageClassification", "BeitConfig", image_size=32, patch_size=8, hidden_size=64,
