@@ -44,7 +44,8 @@ class LayerInfo:
             ``LayerTaps.read_structure``): ``trunk`` (its input's position on the trunk, 0
             nearest the loss), ``stream``, ``branch`` (its output is off the trunk), ``norm`` (it
             divides by a statistic of its input), ``per_unit`` (values per unit behind its
-            dead-unit fraction).
+            dead-unit fraction), ``batch_values`` (a BatchNorm in training mode: the values per
+            channel its batch statistics rest on, the fewest over the structure step's calls).
     """
 
     name: str

@@ -85,6 +85,11 @@ def _eager(fn: _F) -> _F:
     return cast(_F, _LazyEager(fn))
 
 
+def _batch_statistics(m: nn.Module) -> bool:
+    """Whether ``m`` normalises with the statistics of the batch it is given (a BatchNorm in training mode)."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+
+
 def first_tensor(out: Any) -> Optional[Tensor]:
     """The first floating tensor in a module output (tuple outputs of RNN/MHA included)."""
     if isinstance(out, Tensor):
@@ -349,6 +354,10 @@ class LayerTaps:
                 self._producer[id(y)] = (i, y, call)
             if y.requires_grad:
                 add_grad_hook(y, self._grad_hooks[i])
+            if self.structure_pending and n and y.dim() >= 2 and _batch_statistics(self.modules[i]):
+                # how many values each channel's batch statistics rest on (diagnosis/_trunk: small_batch)
+                per = n // max(int(y.shape[1]), 1)
+                info.graph["batch_values"] = min(info.graph.get("batch_values", per), per)
             if info.role == "param":
                 learned = self._functional.get((i, call)) if not self._mode_always else None
                 if learned is not None and n:

@@ -44,6 +44,11 @@ what comes from the input side there is a design choice at init.
   10^1.3 (no finding), gradient norm 242, and SGD at lr 0.05 fits the batch; at 224 px
   and 32 images its norm 1.1e5 falls to 130 after one SGD step (lr 0.05) and the loss
   falls. ResNeXt reads 10^3.4 with 8 images (tests/diagnosis/test_levit_growth.py).
+  What the finding does say: when some BatchNorm's batch statistics rested on fewer than
+  ``SMALL_NORM_BATCH`` (8) values per channel (``graph.batch_values``, recorded by the
+  taps), its first cause is ``small_batch``, naming the layer and the count: the growth
+  is partly the batch's, and a larger batch or larger inputs read the net itself
+  (tests/diagnosis/test_small_norm_batch.py).
 - **layer scale**: a vanishing no deeper than 10x below the smallest layer-scale
   gain is ``info`` (``smallest_gate``).
 - Without any normalisation layer the scale is not free, and ``||dL/dx||`` itself
@@ -95,6 +100,10 @@ EXPLODE_WARN, EXPLODE_ERROR = 1.5, 3.0
 GATE_RMS = 1e-3
 #: a network is "normalised" when it has at least this many normalisation layers per weight layer
 NORMALISED_SHARE = 0.25
+#: a BatchNorm whose batch statistics rest on fewer values per channel than this makes the growth read
+#: behind it partly the batch's (transformers' LeViT with 2 images at 64 px: 2 values per channel at its 1x1
+#: maps, gradient norm 1.5e13; with 8 images, 242)
+SMALL_NORM_BATCH = 8
 #: normalisation gains (BatchNorm/LayerNorm weights, which start at 1) this small at init shrink the signal
 NORM_GAIN_SMALL = 0.1
 
@@ -234,6 +243,12 @@ def trunk_rule(run: Run) -> list[Finding]:
     return findings
 
 
+def small_norm_batches(run: Run) -> list[dict[str, Any]]:
+    """The BatchNorm layers whose batch statistics rested on fewer than :data:`SMALL_NORM_BATCH` values per
+    channel on the structure step (``graph.batch_values``, recorded by the taps)."""
+    return [x for x in run.layers if (x.get("graph") or {}).get("batch_values", SMALL_NORM_BATCH) < SMALL_NORM_BATCH]
+
+
 def _named(t: Trunk, hit: list[bool]) -> list[str]:
     """The layers whose inputs are hit, input side first, after the first layer when the first point is hit."""
     names = [n for n, h in zip(t.names, hit) if h]
@@ -357,6 +372,13 @@ def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:
         causes.insert(1 if causes[0].id == "init_scale" else 0,
                       Cause("no_normalisation", "without normalisation nothing bounds the growth of the "
                             "residual stream and its gradient", 0.8))
+    small = small_norm_batches(run)
+    if small:
+        n, name = min((layer["graph"]["batch_values"], layer["name"]) for layer in small)
+        causes.insert(0, Cause("small_batch", f"{len(small)} BatchNorm layers normalise over fewer than "
+                               f"{SMALL_NORM_BATCH} values per channel in this batch ({n} at {name!r}): a "
+                               "BatchNorm's input gradient grows as 1 / the spread of those values, so the growth "
+                               "read here is partly the batch's; measure with a larger batch or larger inputs", 0.9))
     severity = "info" if norm else ("error" if hi >= EXPLODE_ERROR else "warning")
     return Finding("exploding_gradients", severity, _named(t, hit) or [t.first], evidence, causes, rems,
                    _data(t))
