@@ -41,7 +41,7 @@ from gradvet.diagnosis._context import (
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.diagnosis._trunk import NORM_GAIN_SMALL, _norm_gain, branched, normalised, trunk_rule
+from gradvet.diagnosis._trunk import branched, normalised, small_norm_gains, trunk_rule
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 from gradvet.report import layer_reports
@@ -79,15 +79,9 @@ def _vanishing_causes(run: Run, d: Depth, factor: float) -> list[Cause]:
             f"layer multiplies the gradient by a factor below 1; measured {factor:.2g}x per layer",
             0.9,
         ))
-    norm_gain = _norm_gain(run)
-    if norm_gain is not None and norm_gain[0] < NORM_GAIN_SMALL:
-        causes.append(Cause(
-            "init_scale",
-            f"the normalisation layers' gains start at rms {norm_gain[0]:.2g} (median of {norm_gain[1]}), not 1: "
-            "each norm scales the signal down, and once its input's variance is below the norm's eps it no longer "
-            "restores the scale",
-            0.9,
-        ))
+    gains = small_norm_gains(run)
+    if gains is not None:
+        causes.append(gains[0])
     if gain is not None:
         relu = any(a in RELU_FAMILY for a in acts)
         target, name = (GAIN_HE, "He") if relu else (GAIN_XAVIER, "Xavier")
@@ -116,9 +110,9 @@ def _vanishing_remedies(run: Run, depth: int) -> list[Remedy]:
     sat = any(a in SATURATING for a in acts)
     relu = any(a in RELU_FAMILY for a in acts)
     rems = []
-    norm_gain = _norm_gain(run)
-    if norm_gain is not None and norm_gain[0] < NORM_GAIN_SMALL:  # the gains, not the architecture: reset them first
-        rems.append(remedy("init:reset_norm", 0.95, f"the norm gains start at rms {norm_gain[0]:.2g}, not 1"))
+    gains = small_norm_gains(run)
+    if gains is not None:  # the gains, not the architecture: reset them first
+        rems.append(gains[1])
     deep_plain = depth >= DEEP_PLAIN and not norm_layers(run)
     if deep_plain:
         rems.append(remedy("residual", 0.95, f"{depth} layers in a plain stack: He et al. (2016) found plain nets "

@@ -283,6 +283,20 @@ def _norm_gain(run: Run) -> Optional[tuple[float, int]]:
     return (float(np.median(rms)), len(rms)) if rms else None
 
 
+def small_norm_gains(run: Run) -> Optional[tuple[Cause, Remedy]]:
+    """The ``init_scale`` cause and the ``init:reset_norm`` remedy when the normalisation layers' gains start
+    small across the board (median rms below :data:`NORM_GAIN_SMALL`; transformers' EfficientNet: 0.019),
+    else None. A zero-init last BatchNorm per residual branch leaves the median at 1."""
+    gain = _norm_gain(run)
+    if gain is None or gain[0] >= NORM_GAIN_SMALL:
+        return None
+    cause = Cause("init_scale", f"the normalisation layers' gains start at rms {gain[0]:.2g} (median of "
+                  f"{gain[1]}), not 1: each norm scales the signal down, and once its input's variance "
+                  "is below the norm's eps it no longer restores the scale, so every block shrinks the "
+                  "signal forward and backward", 0.9)
+    return cause, remedy("init:reset_norm", 0.95, f"the norm gains start at rms {gain[0]:.2g}, not 1")
+
+
 def _no_gradient_evidence(t: Trunk, j: int) -> str:
     """The evidence when the deepest trunk points get no gradient at all."""
     grad = t.grad if t.grad is not None else np.full(len(t.names), np.nan)
@@ -313,12 +327,9 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
             f"{t.ref[j]!r}, nearer the loss; {sum(hit)} of {len(t.names)} trunk points get less than 1% of it"
         )
     causes: list[Cause] = []
-    gain = _norm_gain(run)
-    if gain is not None and gain[0] < NORM_GAIN_SMALL:
-        causes.append(Cause("init_scale", f"the normalisation layers' gains start at rms {gain[0]:.2g} (median of "
-                            f"{gain[1]}), not 1: each norm scales the signal down, and once its input's variance "
-                            "is below the norm's eps it no longer restores the scale, so every block shrinks the "
-                            "signal forward and backward", 0.9))
+    gains = small_norm_gains(run)
+    if gains is not None:
+        causes.append(gains[0])
     sat = [a for a in acts if a in SATURATING]
     if sat:
         causes.append(Cause("saturating_activation", f"{'/'.join(sat)} on the trunk: each passes on at most "
@@ -336,8 +347,8 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
         rems += [remedy("norm:batch", 0.7), remedy("residual", 0.6),
                  remedy("init:kaiming" if any(a in RELU_FAMILY for a in acts) else "init:xavier", 0.5),
                  remedy("optim:adam", 0.3)]
-    if gain is not None and gain[0] < NORM_GAIN_SMALL:  # the init_scale cause: reset the gains before any other edit
-        rems.insert(0, remedy("init:reset_norm", 0.95, f"the norm gains start at rms {gain[0]:.2g}, not 1"))
+    if gains is not None:  # the init_scale cause: reset the gains before any other edit
+        rems.insert(0, gains[1])
     severity = "error" if lo <= VANISH_ERROR else "warning"
     gate = smallest_gate(run)
     if gate is not None and lo >= np.log10(gate[1]) - 1:
