@@ -408,6 +408,33 @@ def _segmentation(name: str, size: int = 64) -> Callable[[int], Built]:
     return build
 
 
+def _detection(name: str, size: int = 320) -> Callable[[int], Built]:
+    """A torchvision detector in training mode: ``model(images=..., targets=...)`` returns a dict of losses, and
+    the loss is their sum, as its training reference scripts take it."""
+    def build(seed: int) -> Built:
+        import torchvision
+
+        model = _seeded(lambda: getattr(torchvision.models.detection, name)(
+            weights=None, weights_backbone=None, num_classes=5), seed)
+        g = torch.Generator().manual_seed(seed)
+        imgs = [torch.rand(3, size, size, generator=g) for _ in range(2)]
+        targets = []
+        for _ in imgs:
+            boxes = torch.rand(3, 4, generator=g) * (size / 2)
+            boxes[:, 2:] += boxes[:, :2] + size / 16  # x2 > x1, y2 > y1
+            targets.append({"boxes": boxes, "labels": torch.randint(1, 5, (3,), generator=g)})
+        return model, ({"images": imgs, "targets": targets}, None), lambda out, _: sum(out.values())
+    return build
+
+
+def _held_out_3_healthy() -> list[Case]:
+    """Detectors (2026-12-06, second session): inputs with targets, a dict of losses summed; their backbones'
+    BatchNorms are frozen (``FrozenBatchNorm2d``). ``check`` at init: no finding on either, nor on
+    RetinaNet, Mask R-CNN and FCOS with ResNet-50 backbones (35-40 s each, left out for the suite's time)."""
+    return [Case(f"torchvision/{k}", "torchvision", "detection", _detection(k))
+            for k in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")]
+
+
 def _held_out_2_healthy() -> list[Case]:
     """104 architectures swept on 2026-12-06 (docs/corpus.md, "Second held-out sweep"), none of them seen
     while the rules were written: MoE and hybrid decoders, encoders with Fourier/Nystrom/sparse attention,
@@ -936,7 +963,7 @@ def _orthogonal_recurrent(model: nn.Module, gain: float) -> nn.Module:
 def cases() -> list[Case]:
     """Every case of the corpus: the healthy real architectures, then the sick variants."""
     return (_transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy()
-            + _held_out_healthy() + _held_out_2_healthy() + _sick_cases())
+            + _held_out_healthy() + _held_out_2_healthy() + _held_out_3_healthy() + _sick_cases())
 
 
 def run_case(case: Case, seed: int = 0) -> Any:
