@@ -39,13 +39,13 @@ from gradvet.errors import GradvetUsageError
 from gradvet.remedies._result import Change, RemedyNotApplicable
 
 #: torch's norm classes (and their subclasses) whose ``weight`` multiplies the normalised signal.
-TORCH_NORMS: tuple[type[nn.Module], ...] = (
+TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(c for c in (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
     nn.LayerNorm,
     nn.GroupNorm,
-    nn.RMSNorm,
-)
+    getattr(nn, "RMSNorm", None),  # torch >= 2.4
+) if c is not None)
 _NORM_NAME = re.compile(r"norm(?!al)", re.IGNORECASE)
 _OFFSET = re.compile(r"(?<![\w.])1(?:\.0*)?\s*\+\s*self\.weight\b|\bself\.weight(?:\.\w+\([^()]*\))*\s*\+\s*1(?:\.0*)?(?![\w.])")
 _offset_cache: dict[type, bool] = {}
