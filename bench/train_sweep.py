@@ -130,7 +130,8 @@ def _line(r: dict[str, Any]) -> str:
     return f"{r['id']:45s} loss {r['loss_first']:.3g} -> {r['loss_last']:.3g}  {r['seconds']:6.1f}s  {kinds}"
 
 
-_GROUPS = {"held_out": corpus._held_out_healthy, "held_out_2": corpus._held_out_2_healthy}
+_GROUPS = {"held_out": corpus._held_out_healthy, "held_out_2": corpus._held_out_2_healthy,
+           "held_out_3": corpus._held_out_3_healthy}
 
 
 def select(args: argparse.Namespace) -> list[Case]:
