@@ -7,6 +7,7 @@ compiled graph, into which gradvet's hook gates trace to nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -136,3 +137,46 @@ def test_two_monitors_restore_the_stance_in_any_order() -> None:
     assert torch._dynamo.eval_frame._stance.stance == "force_eager"  # b still measures
     mb.close()
     assert torch._dynamo.eval_frame._stance.stance == "default"
+
+
+def test_a_torchvision_resnet_keeps_its_graph_and_its_measurements() -> None:
+    # a model other people wrote: BatchNorm, in-place ReLUs, residual adds in forward()
+    import torchvision
+
+    def resnet() -> nn.Module:
+        torch.manual_seed(0)
+        return torchvision.models.resnet18(num_classes=10)
+
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+
+    def train(model: nn.Module, steps: int, monitored: bool):
+        from torch._dynamo.utils import counters
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        graphs = []
+        with (gradvet.Monitor(model, optimizer=opt) if monitored else contextlib.nullcontext()) as mon:
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                if mon is not None:
+                    mon.step(loss)
+                opt.step()
+                graphs.append(counters["stats"]["unique_graphs"])
+        return graphs, mon
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    plain, _ = train(torch.compile(resnet(), backend="eager"), 2, False)
+    torch._dynamo.reset()
+    counters.clear()
+    graphs, mon = train(torch.compile(resnet(), backend="eager"), 52, True)
+    assert graphs[1:] == [plain[-1]] * 51 and plain[-1] == 1  # one graph, compiled at step 1, never again
+    got = mon.run.series("layer/grad_norm")
+    assert list(got.steps) == [0, 50]
+    _, twin = train(resnet(), 1, True)  # uncompiled, same init and batch
+    want = twin.run.series("layer/grad_norm").values[0]
+    np.testing.assert_allclose(got.values[0], want, rtol=1e-4)
