@@ -42,32 +42,33 @@ class _Net(nn.Module):
         return self.head(torch.tanh(self.blocks(self.emb(x))))
 
 
-def _train(model: nn.Module, steps: int, profile=None, per_step=None):
+def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(4)]
+
+
+def _train(model: nn.Module, steps: int, profile=None, data=None, compile: bool = True):
+    """SGD steps of ``model`` (compiled with the eager backend, from a fresh dynamo) over ``data`` in turn,
+    under a Monitor of ``profile`` (None: none); dynamo's stats after each step, and the Monitor."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    compiled = torch.compile(model, backend="eager")
-    opt = torch.optim.SGD(compiled.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(1)
-    data = [(torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(4)]
+    run = torch.compile(model, backend="eager") if compile else model
+    opt = torch.optim.SGD(run.parameters(), lr=0.05)
+    data = data if data is not None else _data()
     graphs = []
-    monitor = gradvet.Monitor(compiled, optimizer=opt, profile=profile) if profile is not None else None
-    if monitor is not None:
-        monitor.__enter__()
-    try:
+    monitor = gradvet.Monitor(run, optimizer=opt, profile=profile) if profile is not None else None
+    with monitor if monitor is not None else contextlib.nullcontext():
         for s in range(steps):
             x, y = data[s % len(data)]
             opt.zero_grad()
-            loss = F.cross_entropy(compiled(x), y)
+            loss = F.cross_entropy(run(x), y)
             loss.backward()
             if monitor is not None:
                 monitor.step(loss)
             opt.step()
             graphs.append(dict(counters["stats"]))
-    finally:
-        if monitor is not None:
-            monitor.close()
     return graphs, monitor
 
 
@@ -95,8 +96,7 @@ def test_measured_steps_match_the_uncompiled_model() -> None:
     _, monitor = _train(model, 7, profile=cfg)
     torch._dynamo.reset()
     opt = torch.optim.SGD(reference.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(1)
-    data = [(torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(4)]
+    data = _data()
     want: dict[int, list[float]] = {}
     # the compiled model's layers are its _orig_mod's (the root: "_orig_mod")
     names = [layer["name"].removeprefix("_orig_mod").removeprefix(".") for layer in monitor.run.layers]
@@ -148,35 +148,12 @@ def test_a_torchvision_resnet_keeps_its_graph_and_its_measurements() -> None:
         return torchvision.models.resnet18(num_classes=10)
 
     gen = torch.Generator().manual_seed(2)
-    x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
-
-    def train(model: nn.Module, steps: int, monitored: bool):
-        from torch._dynamo.utils import counters
-
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        graphs = []
-        with (gradvet.Monitor(model, optimizer=opt) if monitored else contextlib.nullcontext()) as mon:
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                if mon is not None:
-                    mon.step(loss)
-                opt.step()
-                graphs.append(counters["stats"]["unique_graphs"])
-        return graphs, mon
-
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    plain, _ = train(torch.compile(resnet(), backend="eager"), 2, False)
-    torch._dynamo.reset()
-    counters.clear()
-    graphs, mon = train(torch.compile(resnet(), backend="eager"), 52, True)
-    assert graphs[1:] == [plain[-1]] * 51 and plain[-1] == 1  # one graph, compiled at step 1, never again
+    data = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
+    plain, _ = _train(resnet(), 2, data=data)
+    graphs, mon = _train(resnet(), 52, profile="economy", data=data)
+    assert plain[-1]["unique_graphs"] == 1
+    assert graphs[1:] == [plain[-1]] * 51  # one graph, compiled at step 1, never again
     got = mon.run.series("layer/grad_norm")
     assert list(got.steps) == [0, 50]
-    _, twin = train(resnet(), 1, True)  # uncompiled, same init and batch
-    want = twin.run.series("layer/grad_norm").values[0]
-    np.testing.assert_allclose(got.values[0], want, rtol=1e-4)
+    _, twin = _train(resnet(), 1, profile="economy", data=data, compile=False)  # same init and batch
+    np.testing.assert_allclose(got.values[0], twin.run.series("layer/grad_norm").values[0], rtol=1e-4)
