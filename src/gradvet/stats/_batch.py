@@ -21,6 +21,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from gradvet.stats import _params
+from gradvet.stats._layer import _HALF
+
 _CACHE_SIZE = 8  # call structures kept (micro-batch counts, a model with branches)
 
 
@@ -370,7 +373,7 @@ class HeldInputs(_Held):
         groups: dict[tuple, list[int]] = {}
         for k, (_, x, g) in enumerate(held):
             groups.setdefault((g.device, g.dtype, x.dtype, g.shape == x.shape), []).append(k)
-        for (_, gtype, xtype, same), ks in groups.items():
+        for (_, _, xtype, same), ks in groups.items():
             gs, xs = [held[k][2] for k in ks], [held[k][1] for k in ks]
             if not same:  # a broadcast gradient (never seen; kept exact): one by one
                 prods = [g * (x.float() if x.dtype in _HALF else x) for g, x in zip(gs, xs)]
@@ -379,12 +382,9 @@ class HeldInputs(_Held):
                 xs = [x.float() for x in xs] if xtype in _HALF else xs
                 prods = list(torch._foreach_mul(gs, xs))
             sens = torch._foreach_norm(prods, 2)
-            gn = torch._foreach_norm(gs, 2, dtype=torch.float32) if gtype in _HALF else torch._foreach_norm(gs, 2)
+            gn = _params._foreach_norm(gs, 2.0)  # a half-precision ||g|| accumulates in float32
             for k, a, b in zip(ks, sens, gn):
                 self.log.add(held[k][0], 1, a, b)
-
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def foreach_grad_sums(
@@ -398,11 +398,8 @@ def foreach_grad_sums(
     """
     from gradvet.stats import _layer
 
-    half = dtype in (torch.float16, torch.bfloat16)
-    norms = list(torch._foreach_norm(gs, 2, dtype=torch.float32) if half else torch._foreach_norm(gs, 2))
+    norms = _params._foreach_norm(gs, 2.0)
     if _layer.CPU_SHORTCUTS and device.type == "cpu":
         finite = torch.isfinite(torch.stack(norms)).tolist()  # sync-ok: CPU tensors
         return norms, [None if ok else torch.count_nonzero(g - g) for g, ok in zip(gs, finite)]
-    from gradvet.stats._params import fused_nonzero
-
-    return norms, list(fused_nonzero(torch._foreach_sub(gs, gs)))
+    return norms, list(_params.fused_nonfinite_counts(gs))

@@ -212,32 +212,29 @@ def _count_nonfinite(grads: Sequence[Tensor], l2: Tensor) -> Tensor:
 _COUNT_CHUNK = 64 << 20
 
 
-def _fused_nonfinite(grads: Sequence[Tensor]) -> Tensor:
+def fused_nonfinite_counts(grads: Sequence[Tensor]) -> list[Tensor]:
     """Non-finite entries per gradient without a host read: ``g - g`` is 0 where ``g`` is finite and NaN
-    elsewhere, and a fused 0-norm counts its non-zeros. Two multi-tensor kernels per chunk of
-    ``_COUNT_CHUNK`` bytes, where one count per gradient was three kernels each (444 launches a step
-    for GPT-2's 148 parameters); the temporaries of a chunk are freed before the next."""
-    out: list[Tensor] = []
-    chunk: list[Tensor] = []
+    elsewhere, and a fused 0-norm counts its non-zeros (:func:`_foreach_norm`: half precision counted in
+    float32, exact past 2048). Two multi-tensor kernels per chunk of ``_COUNT_CHUNK`` bytes, where one
+    count per gradient was three kernels each (444 launches a step for GPT-2's 148 parameters); the
+    temporaries of a chunk are freed before the next."""
+    return [c for chunk in _chunks(grads, _COUNT_CHUNK) for c in _foreach_norm(list(torch._foreach_sub(chunk, chunk)), 0.0)]
+
+
+def _fused_nonfinite(grads: Sequence[Tensor]) -> Tensor:
+    """:func:`fused_nonfinite_counts` as a float32 ``[len(grads)]``."""
+    return torch.stack(fused_nonfinite_counts(grads)).float()
+
+
+def _chunks(tensors: Sequence[Tensor], limit: int) -> list[list[Tensor]]:
+    """``tensors`` in order, in runs of at most ``limit`` bytes (a larger tensor alone)."""
+    out: list[list[Tensor]] = []
     size = 0
-    for g in list(grads) + [None]:  # type: ignore[list-item]
-        if g is None or (chunk and size + g.numel() * g.element_size() > _COUNT_CHUNK):
-            if chunk:
-                out.extend(fused_nonzero(torch._foreach_sub(chunk, chunk)))
-            chunk, size = [], 0
-        if g is not None:
-            chunk.append(g)
-            size += g.numel() * g.element_size()
-    return torch.stack(out).float()
-
-
-def fused_nonzero(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """The number of non-zero entries of each tensor (NaN counts) by a fused 0-norm; a half-precision
-    count is exact only to 2048, so half tensors are counted in float32."""
-    ts = list(tensors)
-    if not ts or ts[0].dtype not in (torch.float16, torch.bfloat16):
-        return list(torch._foreach_norm(ts, 0))
-    try:
-        return list(torch._foreach_norm(ts, 0, dtype=torch.float32))
-    except TypeError:  # torch < 2.4 has no dtype argument
-        return [torch.count_nonzero(t).float() for t in ts]
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        if not out or (out[-1] and size + n > limit):
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += n
+    return out
