@@ -184,7 +184,7 @@ def _is_output(run: Run, layer: dict) -> bool:
     )
 
 
-def _after_fit(flagged: list[tuple[dict, float]], run: Run) -> Finding:
+def _after_fit(flagged: list[tuple[dict, float]], early: dict[str, float], run: Run) -> Finding:
     """Hidden units that saturate only after the net fit its batch: an ``info``.
 
     Found on torchvision's MaxViT-T under the full profile (AdamW 1e-3, its one-image batch): the tanh
@@ -192,7 +192,6 @@ def _after_fit(flagged: list[tuple[dict, float]], run: Run) -> Finding:
     and 88% from step 11 on, once the loss is 7e-4: the pre-logits of a memorised batch pushed to +-1.
     Saturation that is there before the fit (sigmoid/tanh nets on unscaled inputs, from step 0) stays a
     warning: it is what keeps a net from learning (Glorot & Bengio, 2010)."""
-    early = _recent(run, "sat_frac", before=True)
     parts = [f"{100 * v:.0f}% of {layer['name']!r} (before: {100 * early.get(layer['name'], 0.0):.0f}%)"
              for layer, v in flagged]
     return Finding(
@@ -226,13 +225,14 @@ def saturated_rule(run: Run) -> list[Finding]:
     branch = [(layer, v) for layer, v in flagged if _on_branch(run, layer) and (layer, v) not in out]
     flagged = [(layer, v) for layer, v in flagged if not _on_branch(run, layer) and (layer, v) not in out]
     late: list[tuple[dict, float]] = []
+    early: dict[str, float] = {}
     if fit and flagged:
         early = _recent(run, "sat_frac", before=True)
         late = [(layer, v) for layer, v in flagged if early.get(layer["name"], 0.0) < WARN]
         flagged = [(layer, v) for layer, v in flagged if (layer, v) not in late]
     if not flagged:  # only info: the warning below speaks for the hidden layers alone
         return (([_gates(run, branch)] if branch else []) + ([_outputs(out, run)] if out else [])
-                + ([_after_fit(late, run)] if late else []))
+                + ([_after_fit(late, early, run)] if late else []))
     worst = max(v for _, v in flagged)
     parts = [
         f"{100 * v:.0f}% of outputs of {layer['name']!r} ({layer['activation']}) sit where its derivative is "
