@@ -67,30 +67,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tmp = tempfile.mkdtemp(prefix="gradvet-mem-")
-    path = None if args.no_record else Path(args.record or os.path.join(tmp, "run.gradvet"))
-    start, c_start = rss_bytes(), cuda_mem(device)
-    samples: list[tuple[int, int]] = [(0, start)]
-    t0 = time.perf_counter()
-    with gradvet.Monitor(
-        wl.model, optimizer=wl.optimizer, record=path, profile=args.profile
-    ) as monitor:
-        for s in range(1, args.steps + 1):
-            train_step(wl, monitor.step)
-            if s % args.sample_every == 0:
-                samples.append((s, rss_bytes()))
-        sync(device)
-        end, c_end = rss_bytes(), cuda_mem(device)
-    elapsed = time.perf_counter() - t0
-    gc.collect()
-    after_close = rss_bytes()
-    size = record_bytes(path) if path is not None else 0
+    with tempfile.TemporaryDirectory(prefix="gradvet-mem-") as tmp:  # the default record goes with it
+        path = None if args.no_record else Path(args.record or os.path.join(tmp, "run.gradvet"))
+        start, c_start = rss_bytes(), cuda_mem(device)
+        samples: list[tuple[int, int]] = [(0, start)]
+        t0 = time.perf_counter()
+        with gradvet.Monitor(
+            wl.model, optimizer=wl.optimizer, record=path, profile=args.profile
+        ) as monitor:
+            for s in range(1, args.steps + 1):
+                train_step(wl, monitor.step)
+                if s % args.sample_every == 0:
+                    samples.append((s, rss_bytes()))
+            sync(device)
+            end, c_end = rss_bytes(), cuda_mem(device)
+        elapsed = time.perf_counter() - t0
+        gc.collect()
+        after_close = rss_bytes()
+        size = record_bytes(path) if path is not None else 0
     peak = max(r for _, r in samples + [(args.steps, end)])
     return {
         "env": env_info(device),
         "args": vars(args),
         "model": wl.description,
-        "record": str(path) if path else None,
+        "record": args.record,  # None: a temporary record, measured and removed
         "rss_start": start,
         "rss_end": end,
         "rss_after_close": after_close,

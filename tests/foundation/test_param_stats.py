@@ -265,3 +265,18 @@ def test_economy_off_steps_record_the_l2_norm_only(device):
     # the report falls back on the last step that has a parameter norm
     rep = monitor.report()
     assert rep.layer("0").param_norm is not None
+
+
+def test_norms_of_a_list_that_mixes_dtypes_keep_float32_accuracy():
+    """The update-ratio buffers mix a model's dtypes in one list: a bfloat16 tensor after a float32 one
+    still gets a float32 norm (a bfloat16 result keeps 3 significant digits)."""
+    from gradvet.stats._params import _foreach_norm
+    from gradvet.stats._updates import l2_norms
+
+    torch.manual_seed(0)
+    ts = [torch.randn(300), torch.randn(500).bfloat16(), torch.randn(7).half()]
+    expected = [t.double().norm().item() for t in ts]
+    got = _foreach_norm(ts, 2.0)
+    assert [g.dtype for g in got] == [torch.float32] * 3
+    np.testing.assert_allclose([g.item() for g in got], expected, rtol=1e-6)
+    np.testing.assert_allclose(l2_norms(ts).numpy(), expected, rtol=1e-6)

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from gradvet.stats._layer import _HALF
+
 #: Column names of the tensor returned by :func:`param_stats`.
 PARAM_STATS = ("grad_norm", "grad_max", "grad_nonfinite", "param_norm")
 
@@ -31,7 +33,7 @@ def _group(tensors: Sequence[Optional[Tensor]]) -> dict[tuple, list[int]]:
 
 def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     # _foreach_norm exists since torch 1.13; it is the same kernel clip_grad_norm_ uses.
-    if tensors and tensors[0].dtype in (torch.float16, torch.bfloat16):
+    if any(t.dtype in _HALF for t in tensors):  # a list may mix dtypes (the update-ratio buffers)
         # a half-precision result keeps 3 significant digits: accumulate and return float32
         try:
             return list(torch._foreach_norm(tensors, ord, dtype=torch.float32))

@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-_HALF = (torch.float16, torch.bfloat16)
-
+from gradvet.stats._params import _foreach_norm
 
 _PLAIN = (Tensor, nn.Parameter)
 
@@ -77,13 +76,7 @@ def snapshot(
 @torch.no_grad()
 def l2_norms(tensors: Sequence[Tensor]) -> Tensor:
     """L2 norm of each tensor, float32 ``[n]`` (half-precision tensors accumulate in float32)."""
-    ts = list(tensors)
-    if any(t.dtype in _HALF for t in ts):
-        try:
-            return torch.stack(list(torch._foreach_norm(ts, 2.0, dtype=torch.float32)))
-        except TypeError:  # torch < 2.4 has no dtype argument
-            return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in ts])
-    return torch.stack(torch._foreach_norm(ts, 2.0)).float()  # float32 norms: one cast, not one per tensor
+    return torch.stack(_foreach_norm(list(tensors), 2.0)).float()  # float32 norms: one cast, not one per tensor
 
 
 @torch.no_grad()
