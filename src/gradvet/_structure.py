@@ -8,6 +8,7 @@ record can be diagnosed offline without the model object.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -81,9 +82,11 @@ def layer_facts(module: nn.Module) -> dict[str, Any]:
 SETTINGS = ("lr", "eps", "weight_decay", "momentum", "beta1", "beta2")
 
 
-def optimizer_settings(optimizer: Optional[torch.optim.Optimizer], params: list[nn.Parameter]) -> list[dict[str, float]]:
+def optimizer_settings(
+    optimizers: Sequence[torch.optim.Optimizer], params: list[nn.Parameter]
+) -> list[dict[str, float]]:
     """Per monitored parameter, its param group's numeric settings among :data:`SETTINGS` (``betas`` split
-    into ``beta1``/``beta2``); an empty dict where the optimizer does not own it.
+    into ``beta1``/``beta2``); an empty dict where no optimizer owns it.
 
     Recorded so that a rule can tell a weight that stalls by itself from one whose gradient is below an
     adaptive optimizer's ``eps`` (Adam's step is ``lr * m / (sqrt(v) + eps)``: a gradient far below
@@ -91,14 +94,12 @@ def optimizer_settings(optimizer: Optional[torch.optim.Optimizer], params: list[
 
     Example:
         >>> w = nn.Parameter(torch.zeros(2))
-        >>> optimizer_settings(torch.optim.AdamW([w], lr=1e-3), [w])[0]["eps"]
+        >>> optimizer_settings([torch.optim.AdamW([w], lr=1e-3)], [w])[0]["eps"]
         1e-08
     """
     out: list[dict[str, float]] = [{} for _ in params]
-    if optimizer is None:
-        return out
     index = {id(p): i for i, p in enumerate(params)}
-    for group in optimizer.param_groups:
+    for group in (g for optimizer in optimizers for g in optimizer.param_groups):
         found: dict[str, float] = {}
         values = dict(group)
         betas = values.pop("betas", None)

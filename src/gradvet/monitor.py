@@ -33,6 +33,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Optional, Union
 
@@ -65,8 +66,13 @@ class Monitor:
 
     Args:
         model: any ``torch.nn.Module``.
-        optimizer: optional; enables update/weight ratios (step hooks) and tells an
-            AMP ``scaler`` whether gradients were already unscaled.
+        optimizer: optional; an optimizer, or a list of them when the model's parameters are split
+            across several (a GAN's generator and discriminator; Muon for matrices and AdamW for
+            the rest): enables update/weight ratios (step hooks), tells the diagnosis which
+            parameters some param group trains, and tells an AMP ``scaler`` whether gradients were
+            already unscaled. Call ``monitor.step()`` once per training step, not per optimizer;
+            an optimizer that steps before ``monitor.step()`` in the loop has its update recorded
+            at the previous measured step.
         scaler: optional ``torch.amp.GradScaler``; gradients are then measured in true
             units and steps the scaler skips are recorded as skipped.
         record: optional path of the on-disk record (SQLite); without it the run is
@@ -93,7 +99,7 @@ class Monitor:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Optional[torch.optim.Optimizer] = None,
+        optimizer: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer], None] = None,
         scaler: Any = None,
         record: Optional[PathLike] = None,
         profile: ProfileLike = None,
@@ -102,18 +108,17 @@ class Monitor:
         **overrides: Any,
     ) -> None:
         self.model = model = _distributed.unwrap(require_module(model, "Monitor"))
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"Monitor(optimizer=...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
+        self.optimizers = _optimizers(optimizer)
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"Monitor(scaler=...) needs a torch.amp.GradScaler, got {type(scaler).__name__}")
         self.config: MonitorConfig = resolve_profile(profile)
         if overrides:
             self.config = self.config.replace(**overrides)
-        self.optimizer, self.scaler = optimizer, scaler
+        #: the first optimizer (None without one); all of them are in ``optimizers``
+        self.optimizer = self.optimizers[0] if self.optimizers else None
+        self.scaler = scaler
         self.param_names, self.parameters, self.frozen = trainable_parameters(model, "Monitor")
-        if optimizer is not None and not self._opt_params():
+        if self.optimizers and not any(self._opt_params(o) for o in self.optimizers):
             warnings.warn(
                 f"Monitor(optimizer=...): the optimizer's param groups hold none of the {len(self.parameters)} "
                 f"trainable parameters of {type(model).__name__}, so no update ratio can be measured; pass the "
@@ -144,14 +149,16 @@ class Monitor:
         self._input_bad: Optional[Tensor] = None
         self._last_flush = time.monotonic()
         self._last_stats: Optional[Tensor] = None
-        self._update_step: Optional[int] = None
+        # per optimizer (keyed by id): the measured step whose update ratio its next step() gives
+        self._update_step: dict[int, int] = {}
         # weights before optimizer.step() on an update step: (monitored indices, copies)
-        self._before: Optional[tuple[list[int], list[Tensor]]] = None
-        self._snapshots: dict[int, Tensor] = {}  # the copies' buffers, kept across update steps
+        self._before: dict[int, tuple[list[int], list[Tensor]]] = {}
+        # the copies' buffers, kept across update steps (per optimizer)
+        self._snapshots: dict[int, dict[int, Tensor]] = {}
         # optimizer.step(closure): the first step the closure measures (the ratio's step), and
         # the monitor step from which the next closure step is due for a ratio (update_every)
-        self._closure_from: Optional[int] = None
-        self._closure_next = 0
+        self._closure_from: dict[int, int] = {}
+        self._closure_next: dict[int, int] = {}
         # monitor.step() calls since the last optimizer.step(), and optimizer steps in a row that saw
         # several (a lone one is an AMP step the scaler skipped, not a second call per step)
         self._calls_since_opt, self._multi_in_a_row, self._warned_multi = 0, 0, False
@@ -177,9 +184,9 @@ class Monitor:
         self._taps.attach(self.model, self._hooks)
         self._hooks.add(self.model.register_forward_pre_hook(
             torch.compiler.disable(self._check_inputs), with_kwargs=True))
-        if self.optimizer is not None:
-            self._hooks.add(self.optimizer.register_step_pre_hook(self._opt_pre))
-            self._hooks.add(self.optimizer.register_step_post_hook(self._opt_post))
+        for opt in self.optimizers:
+            self._hooks.add(opt.register_step_pre_hook(self._opt_pre))
+            self._hooks.add(opt.register_step_post_hook(self._opt_post))
         self._set_layer_step(self._step % self.config.layer_every == 0)
         self._entered = True
         return self
@@ -202,7 +209,7 @@ class Monitor:
         self._set_layer_step(False)
         self._taps.release()
         self._loss_node = None
-        self._snapshots, self._before, self._weight_norms = {}, None, None
+        self._snapshots, self._before, self._weight_norms = {}, {}, None
         try:
             self._flush()
         except Exception as e:  # never mask the user's own exception
@@ -310,10 +317,11 @@ class Monitor:
         if scale is None:
             return None
         states = getattr(self.scaler, "_per_optimizer_states", {})
-        if self.optimizer is not None and id(self.optimizer) in states:
+        seen = [states[id(o)].get("stage") for o in self.optimizers if id(o) in states]
+        if seen:
             from torch.amp.grad_scaler import OptState
 
-            if states[id(self.optimizer)].get("stage") is OptState.UNSCALED:
+            if all(stage is OptState.UNSCALED for stage in seen):  # scaler.unscale_(opt) for each
                 return None
         return scale
 
@@ -377,14 +385,12 @@ class Monitor:
             buf.setdefault("sens", []).append(self._taps.collect_sens(inv))
             for i, t in times.items():
                 buf.setdefault(f"time:{i}", []).append((s, t))
-        if self.optimizer is not None and s % self.config.update_every == 0:
-            self._update_step = s
+        if s % self.config.update_every == 0:
+            self._update_step = {id(o): s for o in self.optimizers}
 
     # -- update/weight ratios through optimizer step hooks ----------------------------
-    def _opt_params(self) -> list[tuple[int, Tensor]]:
-        if self.optimizer is None:
-            return []
-        ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+    def _opt_params(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, Tensor]]:
+        ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         return [(i, p) for i, p in enumerate(self.parameters) if id(p) in ids]
 
     def _count_calls(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -406,29 +412,32 @@ class Monitor:
         if not self._entered:
             return
         self._count_calls(optimizer, args, kwargs)
-        self._closure_from = None
-        if self._update_step is None:
+        key = id(optimizer)
+        self._closure_from.pop(key, None)
+        if key not in self._update_step:
             # optimizer.step(closure) (Lightning, LBFGS): monitor.step() runs inside the
             # closure, after this hook; the weights are snapshotted now if that step is due
-            if not _has_closure(optimizer, args, kwargs) or self._step < self._closure_next:
+            if not _has_closure(optimizer, args, kwargs) or self._step < self._closure_next.get(key, 0):
                 return
-            self._closure_from = self._step
+            self._closure_from[key] = self._step
         try:
-            pairs = self._opt_params()
+            pairs = self._opt_params(optimizer)
             index = [i for i, _ in pairs]
-            self._before = index, snapshot([p for _, p in pairs], index, self._snapshots)  # read under no_grad
+            # read under no_grad; the buffers are this optimizer's, kept across update steps
+            self._before[key] = index, snapshot([p for _, p in pairs], index, self._snapshots.setdefault(key, {}))
         except Exception as e:
-            self._before = None
+            self._before.pop(key, None)
             log.warning("gradvet: update snapshot failed: %s", e)
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._calls_since_opt = 0
-        s, before, first = self._update_step, self._before, self._closure_from
-        self._update_step, self._before, self._closure_from = None, None, None
+        key = id(optimizer)
+        s, before, first = self._update_step.pop(key, None), self._before.pop(key, None), self._closure_from.pop(key, None)
         if first is not None:
             if self._step == first:  # the closure measured no step: nothing to attach a ratio to
                 return
-            s, self._closure_next = first, (first // self.config.update_every + 1) * self.config.update_every
+            s = first
+            self._closure_next[key] = (first // self.config.update_every + 1) * self.config.update_every
         if s is None or before is None or not before[0]:
             return
         try:
@@ -458,8 +467,12 @@ class Monitor:
                 for i, r in zip(index, ratio.unbind(0)):
                     cols[i] = r
                 ratio = torch.stack(cols)
-            self._buf.setdefault("update_step", []).append(s)
-            self._buf.setdefault("update", []).append(ratio)
+            steps, rows = self._buf.setdefault("update_step", []), self._buf.setdefault("update", [])
+            if steps and steps[-1] == s:  # another optimizer's parameters, same step: one row
+                rows[-1] = torch.where(torch.isnan(ratio), rows[-1], ratio)
+            else:
+                steps.append(s)
+                rows.append(ratio)
         except Exception as e:
             log.warning("gradvet: update ratio failed: %s", e)
 
@@ -470,7 +483,7 @@ class Monitor:
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "model": type(self.model).__name__,
-            "optimizer": type(self.optimizer).__name__ if self.optimizer is not None else None,
+            "optimizer": ", ".join(type(o).__name__ for o in self.optimizers) or None,
             "amp": self.scaler is not None,
             "config": {k: getattr(self.config, k) for k in self.config.__dataclass_fields__},
             "frozen": self.frozen,
@@ -481,7 +494,7 @@ class Monitor:
 
     def _tables(self) -> tuple[list[dict], list[dict]]:
         owners = owner_names(self.model, self.parameters)
-        settings = optimizer_settings(self.optimizer, self.parameters)
+        settings = optimizer_settings(self.optimizers, self.parameters)
         params = [
             {
                 "name": n,
@@ -596,6 +609,25 @@ def _floating_tensors(obj: Any, depth: int = 0) -> list[Tensor]:
         return []
     items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
     return [t for o in items for t in _floating_tensors(o, depth + 1)]
+
+
+def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
+    """``Monitor(optimizer=...)`` as a tuple: None, one optimizer, or a list or tuple of them."""
+    if optimizer is None:
+        return ()
+    many = isinstance(optimizer, (list, tuple))
+    opts = tuple(optimizer) if many else (optimizer,)
+    for o in opts:
+        if not isinstance(o, torch.optim.Optimizer):
+            raise TypeError(
+                "Monitor(optimizer=...) needs a torch.optim.Optimizer or a list of them, got "
+                + (f"a list holding {type(o).__name__}" if many else type(o).__name__)
+            )
+    if many and not opts:
+        raise ValueError("Monitor(optimizer=[]): the list is empty; pass None (no optimizer) or the optimizers")
+    if len({id(o) for o in opts}) < len(opts):
+        raise ValueError("Monitor(optimizer=[...]) lists the same optimizer twice; pass each once")
+    return opts
 
 
 def _has_closure(optimizer: Any, args: Any, kwargs: Any) -> bool:

@@ -2,8 +2,12 @@
 
 Hook points (see STYLE.md, item 15):
 
-- ``on_fit_start``: a :class:`gradvet.Monitor` on the LightningModule, its first optimizer
-  and the precision plugin's AMP ``GradScaler`` (if any).
+- ``on_fit_start``: a :class:`gradvet.Monitor` on the LightningModule, its optimizers and
+  the precision plugin's AMP ``GradScaler`` (if any). With several optimizers (manual
+  optimization: a GAN's generator and discriminator) every one of them gets update ratios
+  and counts as training its parameters; the monitor steps once per training step, when the
+  first of ``trainer.optimizers`` steps, and records the loss of every backward since the
+  last step added up (a GAN: the discriminator's loss plus the generator's).
 - ``on_before_backward``: the loss of each backward is added up. Lightning hands this
   hook the loss it back-propagates: divided by ``accumulate_grad_batches`` and, under
   ``16-mixed``, multiplied by the loss scale; the callback divides the scale out, so the
@@ -91,10 +95,10 @@ class GradvetCallback(pl.Callback):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        optimizers = list(trainer.optimizers) or None
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self.monitor = Monitor(
-            pl_module, optimizer=optimizer, scaler=scaler, record=self.record, profile=self.profile,
+            pl_module, optimizer=optimizers, scaler=scaler, record=self.record, profile=self.profile,
             **self.monitor_kwargs,
         )
         self.monitor.__enter__()
@@ -123,7 +127,7 @@ class GradvetCallback(pl.Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         monitor = self.monitor
         if monitor is None or (monitor.optimizer is not None and optimizer is not monitor.optimizer):
-            return  # a second optimizer (manual optimization): only the first is measured
+            return  # another optimizer of the same training step (manual optimization): one step each
         loss, self._loss = self._loss, None
         monitor.step(loss)
         pl_module.log("gradvet/grad_norm", global_grad_norm(monitor), on_step=True, on_epoch=False)
