@@ -735,6 +735,44 @@ def _divergence_verifier(build: Callable[[int], Built], optimizer: Callable[[nn.
     return verify
 
 
+def dead_fraction(out: torch.Tensor) -> float:
+    """Fraction of the units of an activation output (channels of a ``[B, C, H, W]`` map, else the last axis)
+    that are exactly 0 for every sample and position."""
+    a = out.movedim(1, -1) if out.dim() == 4 else out
+    return float((a.reshape(-1, a.shape[-1]) == 0).all(dim=0).float().mean())
+
+
+def _dead_verifier(build: Callable[[int], Built], optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                   steps: int, name: str, fresh: int = 64) -> Callable[[int], dict[str, float]]:
+    """Plain training loop of ``steps`` steps; the dead fraction of module ``name``'s output (a forward hook):
+    at step 0 and at the last step (train mode, on the batch), then on ``fresh`` new images (eval mode)."""
+    def verify(seed: int) -> dict[str, float]:
+        model, (inputs, targets), loss_fn = build(seed)
+        seen: list[torch.Tensor] = []
+        h = dict(model.named_modules())[name].register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+        try:
+            model.train()
+            opt = optimizer(model)
+            first = last = 0.0
+            for step in range(steps):
+                seen.clear()
+                opt.zero_grad()
+                loss = loss_fn(call(model, inputs), targets)
+                first = dead_fraction(seen[0]) if step == 0 else first
+                last = dead_fraction(seen[0])
+                loss.backward()
+                opt.step()
+            model.eval()
+            seen.clear()
+            with torch.no_grad():
+                call(model, images(seed + 1000, n=fresh, size=inputs.shape[-1])[0])
+            return {"dead_frac_init": first, "dead_frac_last": last, "dead_frac_fresh": dead_fraction(seen[0]),
+                    "final_loss": float(loss.detach())}
+        finally:
+            h.remove()
+    return verify
+
+
 def _time_ratio_verifier(build: Callable[[int], Built]) -> Callable[[int], dict[str, float]]:
     """Gradient of the last position's loss w.r.t. the RNN input at the first step over that at the last step."""
     def verify(seed: int) -> dict[str, float]:
@@ -862,6 +900,13 @@ def _sick_cases() -> list[Case]:
     add(_sick("torchvision/squeezenet1_1-sgd-lr1", "torchvision", "cnn", sq, nonf, ("features.0", "classifier.1"),
               _divergence_verifier(sq, sq_opt, 20), "SGD lr=1 momentum 0.9: the loss is NaN by step 3",
               optimizer=sq_opt, steps=20))
+    # no change but the training: AdamW at its default-ish lr 1e-3 memorises the 2-image batch (loss 0 by
+    # step ~30) and turns 8 of the 10 class-map ReLUs off for every input; the default profile measures
+    # layers at steps 0 and 50, so the case runs 51 steps (docs/diagnosis.md, "Dead units in short runs")
+    sq_adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)  # noqa: E731
+    add(_sick("torchvision/squeezenet1_1-adamw-dead", "torchvision", "cnn", sq, ("dead_units",),
+              ("classifier.1", "classifier.2"), _dead_verifier(sq, sq_adamw, 51, "classifier.2"),
+              "AdamW lr=1e-3, 51 steps: most class-map ReLUs output 0 for every input", optimizer=sq_adamw, steps=51))
     mb_sig = _derived(_tv("mobilenet_v2"), no_norms, sigmoid_acts)
     add(_sick("torchvision/mobilenet_v2-nobn-sigmoid", "torchvision", "cnn", mb_sig, van, ("features.0.0",),
               _ratio_verifier(mb_sig, "features.0.0", "classifier.1"), "BatchNorm -> Identity, ReLU6 -> Sigmoid"))

@@ -39,6 +39,10 @@ def _sickness_shown(case: Case, numbers: dict) -> str:
         return ""
     if "nonfinite_grad_params" in numbers:
         return "" if numbers["nonfinite_grad_params"] > 0 and numbers["loss_finite"] == 0 else f"finite: {numbers}"
+    if "dead_frac_fresh" in numbers:  # units killed in training: alive at init, off for every fresh input after
+        if numbers["dead_frac_init"] < 0.5 <= min(numbers["dead_frac_last"], numbers["dead_frac_fresh"]):
+            return ""
+        return f"no units died in training: {numbers}"
     if "first_nonfinite_step" in numbers:  # a training run: NaN, or a loss that grows by orders of magnitude
         diverged = numbers["first_nonfinite_step"] >= 0 or numbers["max_over_first"] > 1e3
         if "nonfinite_gradients" in case.expect and numbers["first_nonfinite_step"] < 0:

@@ -21,8 +21,16 @@
   on digits: standardised inputs saturate 0-5% of the first tanh/sigmoid layer;
   inputs scaled by 20 saturate 84-92%.
 
-Both use the median of the last three measured steps, so units that die during
-training are reported and a transient does not trigger.
+Both read the median of the last three measured layer steps, so a transient (one
+step in three) does not trigger. The dead rule leaves the first layer step (the
+init) out of that window once a later one exists: dying is sticky (a unit off on
+every input gets no gradient to bring it back), and the question is whether units
+are dead now. The default profile measures layer steps 0, 50, 100, ...: in a run of
+51-100 steps the window was [init, step 50], whose median is their mean, so units
+that died in training (0% at init, 80% at step 50: torchvision's SqueezeNet 1.1
+class map under AdamW) read 40% and were missed. The window is then step 50 alone;
+under the full profile it is the last three steps as before. Saturation keeps the
+init in its window: it can come and go as the net learns.
 """
 
 from __future__ import annotations
@@ -43,13 +51,16 @@ WARN, ERROR = 0.5, 0.9
 MIN_PER_UNIT = 16
 
 
-def _recent(run: Run, stat: str, before: bool = False) -> dict[str, float]:
+def _recent(run: Run, stat: str, before: bool = False, after_init: bool = False) -> dict[str, float]:
     """Layer name -> the median of ``stat`` over the last three layer steps (``before``: the last three before
-    the net fit its batch, :func:`gradvet.diagnosis._measures.before_fit`; the first layer step always counts)."""
+    the net fit its batch, :func:`gradvet.diagnosis._measures.before_fit`; the first layer step always counts;
+    ``after_init``: the first layer step left out when a later one exists)."""
     s = run.get(f"layer/{stat}")
     if s is None or not len(s.steps):
         return {}
     rows = s.values[before_fit(run, s.steps)] if before else s.values
+    if after_init and len(rows) > 1:
+        rows = rows[1:]
     med = recent_median(rows[-3:])
     return {layer["name"]: float(med[layer["index"]]) for layer in run.ordered_layers()
             if layer["index"] < len(med) and not np.isnan(med[layer["index"]])}
@@ -99,13 +110,14 @@ def _no_input(run: Run, layer: dict, weights: dict[str, float]) -> bool:
         return False
     if (prod.get("facts") or {}).get("bias_mean", 0.0) != 0.0:  # a bias alone would make the output non-zero
         return False
-    mean, std = _recent(run, "act_mean").get(prod["name"]), _recent(run, "act_std").get(prod["name"])
+    mean = _recent(run, "act_mean", after_init=True).get(prod["name"])
+    std = _recent(run, "act_std", after_init=True).get(prod["name"])
     # an output that is exactly 0 everywhere leaves every unit off: anything less is not this case
-    return mean == 0.0 and std == 0.0 and _recent(run, "dead_frac").get(layer["name"], 0.0) >= 1.0
+    return mean == 0.0 and std == 0.0 and _recent(run, "dead_frac", after_init=True).get(layer["name"], 0.0) >= 1.0
 
 
 def _flagged(run: Run, stat: str, kinds: set[str]) -> list[tuple[dict, float]]:
-    vals = _recent(run, stat)
+    vals = _recent(run, stat, after_init=stat == "dead_frac")  # dying is sticky: the init is not "now"
     flagged = [
         (layer, vals[layer["name"]]) for layer in run.ordered_layers()
         if layer.get("activation") in kinds and vals.get(layer["name"], 0.0) >= WARN
