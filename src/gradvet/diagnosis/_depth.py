@@ -19,6 +19,12 @@ Rule: along the layers that own trainable parameters (input side first), take
   (``||g_W|| >= ||W||``: one step at lr 1 would erase the layer). Chaotic tanh
   nets (sigma_w^2 E[tanh'^2] > 1, Schoenholz et al., 2017) and over-scaled ReLU
   inits cross it; on digits a ReLU net crossing it diverged to NaN under SGD.
+
+A vanishing that begins only after a loss spike (every reading before it above the
+threshold) names the learning rate first (``loss_spike``, ``gradvet.diagnosis._spike``).
+The weights' init scale is a cause only in a net that is not normalised: a norm after
+each layer makes the loss invariant to the scale of the weights before it (a Conv-BN
+stack with small norm gains has one ``init_scale`` cause, the gains').
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from gradvet.diagnosis._context import (
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
 from gradvet.diagnosis._prescribe import remedy
+from gradvet.diagnosis._spike import after_spike, spike_cause
 from gradvet.diagnosis._trunk import branched, normalised, small_norm_gains, trunk_rule
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
@@ -82,7 +89,7 @@ def _vanishing_causes(run: Run, d: Depth, factor: float) -> list[Cause]:
     gains = small_norm_gains(run)
     if gains is not None:
         causes.append(gains[0])
-    if gain is not None:
+    if gain is not None and not normalised(run):  # a norm after each layer makes the weights' scale free
         relu = any(a in RELU_FAMILY for a in acts)
         target, name = (GAIN_HE, "He") if relu else (GAIN_XAVIER, "Xavier")
         if gain < 0.8 * target:
@@ -180,15 +187,24 @@ def _vanishing(run: Run, d: Depth, rel: np.ndarray, lo: float, steady: bool = Fa
     )
     data = _data(d, rel)
     data["per_layer_factor"] = factor
-    return Finding(
-        "vanishing_gradients",
-        "error" if lo <= VANISH_ERROR else "warning",
-        starved,
-        evidence,
-        _vanishing_causes(run, d, factor),
-        _vanishing_remedies(run, len(d.names)),
-        data,
-    )
+    causes, rems = _vanishing_causes(run, d, factor), _vanishing_remedies(run, len(d.names))
+    spike = spike_cause(run, d.steps, _lowest(d), cut)
+    if spike is not None:  # the net trained until a step too large (gradvet.diagnosis._spike)
+        causes.append(spike.cause)
+        rems = after_spike(run, rems, spike.remedies, normalised=normalised(run), residual=False)
+        evidence += spike.evidence
+        data["loss_spike"] = spike.data()
+    return Finding("vanishing_gradients", "error" if lo <= VANISH_ERROR else "warning", starved, evidence, causes,
+                   rems, data)
+
+
+def _lowest(d: Depth) -> np.ndarray:
+    """Per layer step, the lowest reading of the layers but the output-side one (NaN where none was read)."""
+    inner = d.rel[:, :-1]
+    out = np.full(len(inner), np.nan)
+    read = np.isfinite(inner).any(axis=1)
+    out[read] = np.nanmin(inner[read], axis=1)
+    return out
 
 
 def _exploding(run: Run, d: Depth, rel: np.ndarray, hi: float, big: float) -> Finding:

@@ -91,6 +91,7 @@ from gradvet.diagnosis._context import (
 )
 from gradvet.diagnosis._measures import _FLOOR, _log10, before_fit, nanmedian, zero_layers
 from gradvet.diagnosis._prescribe import remedy
+from gradvet.diagnosis._spike import after_spike, spike_cause
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 
@@ -137,6 +138,8 @@ class Trunk:
     ref: list[str]  # the loss-side end of each point's stream
     grad: Optional[np.ndarray] = None  # ||dL/dx|| of each point (median over the steps read)
     zero: Optional[list[bool]] = None  # read at the floor: no gradient at all, its stream's end gets some
+    steps: Optional[np.ndarray] = None  # the steps read (those before the net fit its batch)
+    low: Optional[np.ndarray] = None  # per step read, its lowest point against its stream's end (NaN: none)
 
 
 def _relative(vals: np.ndarray, stream: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -161,10 +164,11 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
     )
     gr = run.get("graph/in_grad")
     rows = before_fit(run, s.steps)  # the readings of a net that has yet to fit its batch
-    cols, raws, names, stream, pos = [], [], [], [], []
+    cols, raws, names, stream, pos, per_step = [], [], [], [], [], []
     for at, layer in points:
         col = s.values[rows, layer["index"]].astype(np.float64)
         if np.isfinite(col).any() and layer["name"] not in names:
+            per_step.append(col)
             cols.append(nanmedian(col))
             raws.append(nanmedian(gr.values[rows, layer["index"]].astype(np.float64)) if gr is not None else np.nan)
             names.append(layer["name"])
@@ -182,7 +186,18 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
     weights = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
     first = weights[0]["name"] if weights else names[0]
     return Trunk(names, first, stream, rel, raw if np.isfinite(raw).any() else None, [names[j] for j in ref],
-                 grads, [bool(z) for z in zero])
+                 grads, [bool(z) for z in zero], s.steps[rows], _lowest(np.asarray(per_step).T, stream))
+
+
+def _lowest(vals: np.ndarray, stream: list[int]) -> np.ndarray:
+    """Per step (rows of ``vals``, ``[steps, points]``), the lowest point against its stream's end, NaN
+    where none was read."""
+    out = np.full(len(vals), np.nan)
+    for k, row in enumerate(vals):
+        rel, _ = _relative(row, stream)
+        if np.isfinite(rel).any():
+            out[k] = np.nanmin(rel)
+    return out
 
 
 def _no_gradient(run: Run, grads: np.ndarray, ref: list[int], pos: list[int]) -> np.ndarray:
@@ -349,14 +364,20 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
                  remedy("optim:adam", 0.3)]
     if gains is not None:  # the init_scale cause: reset the gains before any other edit
         rems.insert(0, gains[1])
+    data = _data(t)
+    spike = None if t.steps is None or t.low is None else spike_cause(run, t.steps, t.low, VANISH_WARN)
+    if spike is not None:  # the net trained until a step too large (gradvet.diagnosis._spike)
+        causes.append(spike.cause)
+        rems = after_spike(run, rems, spike.remedies, normalised=normalised(run), residual=True)
+        evidence += spike.evidence
+        data["loss_spike"] = spike.data()
     severity = "error" if lo <= VANISH_ERROR else "warning"
     gate = smallest_gate(run)
     if gate is not None and lo >= np.log10(gate[1]) - 1:
         severity = "info"
         evidence += (f"; the drop is no larger than the layer scale {gate[0]!r} (rms {gate[1]:.1e}) that gates a "
                      "branch on the way, which starts small by design and grows as it learns (Touvron et al., 2021)")
-    return Finding("vanishing_gradients", severity, _named(t, hit),
-                   evidence, causes, rems, _data(t))
+    return Finding("vanishing_gradients", severity, _named(t, hit), evidence, causes, rems, data)
 
 
 def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:

@@ -1,0 +1,129 @@
+"""A vanishing that begins after a loss spike names the learning rate first (``loss_spike``, with
+``lr:lower`` and clipping first, no norms or skips for a net that has them); a net vanishing from its
+first step keeps its own causes, however its loss spikes later. The spike measure against numpy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradvet
+from gradvet.data import digits
+from gradvet.diagnosis import diagnose
+from gradvet.diagnosis._measures import early_loss
+from gradvet.diagnosis._spike import SPIKE, SPIKE_WINDOW, loss_spikes
+
+
+class _Block(nn.Module):
+    """A pre-LN residual MLP block: ``h + fc2(gelu(fc1(norm(h))))``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.gelu(self.fc1(self.norm(h))))
+
+
+def _residual(width: int = 32) -> nn.Sequential:
+    """Normalised and residual: 8 pre-LN blocks, a final LayerNorm, a head."""
+    return nn.Sequential(nn.Linear(64, width), *[_Block(width) for _ in range(8)], nn.LayerNorm(width),
+                         nn.Linear(width, 10))
+
+
+def _plain(width: int = 32) -> nn.Sequential:
+    """Plain and unnormalised: 10 GELU layers at PyTorch's default init, which vanishes from the start."""
+    layers: list[nn.Module] = [nn.Linear(64, width)]
+    for _ in range(8):
+        layers += [nn.GELU(), nn.Linear(width, width)]
+    return nn.Sequential(*layers, nn.GELU(), nn.Linear(width, 10))
+
+
+def _train(
+    model: nn.Module, peak: float, warmup: int = 10, steps: int = 40
+) -> tuple[np.ndarray, Optional[gradvet.Finding]]:
+    """AdamW on 8 digits (scaled to [-1, 1]) with a linear warm-up to ``peak``, under the full profile;
+    the losses and the vanishing finding (None if none)."""
+    torch.set_num_threads(1)
+    data = digits()
+    x, y = (data.x_train[:8] - 8) / 8, data.y_train[:8]
+    opt = torch.optim.AdamW(model.parameters(), lr=peak)
+    losses = []
+    with gradvet.Monitor(model, optimizer=opt, profile="full") as mon:
+        for t in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = peak * min(1.0, (t + 1) / warmup)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+            losses.append(float(loss.detach()))
+    found = next((f for f in diagnose(mon.load()) if f.kind == "vanishing_gradients"), None)
+    return np.asarray(losses), found
+
+
+def test_a_residual_layernorm_net_that_spikes_then_vanishes_names_the_learning_rate() -> None:
+    torch.manual_seed(0)
+    losses, f = _train(_residual(), peak=1.0)
+    assert f is not None and f.severity == "warning"
+    assert f.causes[0].id == "loss_spike"
+    spike = f.data["loss_spike"]
+    assert spike["step"] == 4 and spike["loss"] == float(np.float32(losses[4]))  # 16.8 after 2.6 .. 2.77
+    assert spike["ratio"] >= SPIKE and spike["onset_step"] > spike["step"]
+    assert f"spiked to {losses[4]:.3g} at step 4" in f.causes[0].reason
+    ids = [r.id for r in f.remedies]
+    assert ids[:2] == ["lr:lower", "clip:norm"]
+    assert not {"norm:layer", "norm:batch", "residual", "optim:adam"} & set(ids)  # it has them, or Adam
+
+
+def test_the_same_net_at_a_sane_learning_rate_does_not_vanish() -> None:
+    torch.manual_seed(0)
+    losses, f = _train(_residual(), peak=1e-3, warmup=1)
+    assert f is None and losses[-1] < 0.5 * losses[0]
+
+
+def test_a_plain_net_vanishing_from_the_start_keeps_depth_at_a_sane_learning_rate() -> None:
+    torch.manual_seed(0)
+    _, f = _train(_plain(), peak=1e-3, warmup=1)
+    assert f is not None and f.severity == "error"
+    assert [c.id for c in f.causes] == ["init_scale", "depth", "no_normalisation"]
+    assert "loss_spike" not in f.data
+
+
+def test_a_spike_after_the_vanishing_began_is_not_its_cause() -> None:
+    torch.manual_seed(0)
+    losses, f = _train(_plain(), peak=1.0)
+    assert max(x / m for _, x, m in loss_spikes(losses)) > 10  # the loss spikes, to 1e4, after step 2
+    assert f is not None and f.causes[0].id == "init_scale"
+    assert "loss_spike" not in {c.id for c in f.causes}
+
+
+def _numpy_spikes(loss: np.ndarray) -> list[tuple[int, float, float]]:
+    """Plain loop: a finite loss >= SPIKE x the median of the (<= SPIKE_WINDOW) finite losses before it
+    (>= 3 of them) and >= the early level."""
+    early = early_loss(loss)
+    out = []
+    for t in range(len(loss)):
+        before = [v for v in loss[:t] if np.isfinite(v)][-SPIKE_WINDOW:]
+        if len(before) >= 3 and np.isfinite(loss[t]):
+            med = float(np.median(before))
+            if loss[t] >= SPIKE * med and loss[t] >= early:
+                out.append((t, float(loss[t]), med))
+    return out
+
+
+def test_the_spike_measure_matches_numpy() -> None:
+    hiera = np.array([2.3026, 1.4537, 1.309, 0.7985, 0.6631, 0.2037, 4.009, 1.1064, 0.1044, 0.1292, 0.4985,
+                      2.029, 1.4113, 0.812])  # timm Hiera-T, AdamW lr 1e-3, full profile
+    assert [(t, round(m, 4)) for t, _, m in loss_spikes(hiera)] == [(6, 1.0537), (11, 0.7985)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        loss = np.exp(rng.normal(0.0, 1.0, size=60))
+        loss[rng.random(60) < 0.1] = np.nan
+        assert loss_spikes(loss) == _numpy_spikes(loss)
+    assert loss_spikes(np.array([2.3, 1e-5, 1e-5, 1e-5, 5e-3])) == []  # a fitted loss's noise: below the start
