@@ -127,3 +127,20 @@ def test_the_spike_measure_matches_numpy() -> None:
         loss[rng.random(60) < 0.1] = np.nan
         assert loss_spikes(loss) == _numpy_spikes(loss)
     assert loss_spikes(np.array([2.3, 1e-5, 1e-5, 1e-5, 5e-3])) == []  # a fitted loss's noise: below the start
+
+
+def test_a_conv_bn_stack_with_small_gains_has_one_init_scale_cause() -> None:
+    """The gains' cause; not also the weights' std, whose scale a BatchNorm after each conv makes free."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(12):
+        layers += [nn.Conv2d(3 if i == 0 else 16, 16, 3, padding=1), nn.BatchNorm2d(16, eps=1e-3), nn.SiLU()]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    f = gradvet.check(model, batch, F.cross_entropy).finding("vanishing_gradients")
+    assert f is not None and [c.id for c in f.causes] == ["init_scale", "depth"]
+    assert "normalisation layers' gains" in f.causes[0].reason and f.remedies[0].id == "init:reset_norm"
