@@ -106,6 +106,8 @@ def call(model: nn.Module, inputs: Any) -> Any:
 
 # -- transformers ---------------------------------------------------------------------------
 V, T_LEN = 256, 16  # vocabulary and sequence length of every language model
+_MOBILEBERT = dict(vocab_size=V, hidden_size=64, embedding_size=32, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, intra_bottleneck_size=32, true_hidden_size=32)
 
 
 def _hf(cls_name: str, config_name: str, **cfg: Any) -> Callable[[], nn.Module]:
@@ -301,9 +303,7 @@ def _held_out_healthy() -> list[Case]:
         ("xglm", dec, _hf_lm("XGLMForCausalLM", "XGLMConfig", vocab_size=V, d_model=64, ffn_dim=128, num_layers=2,
                              attention_heads=4, max_position_embeddings=64)),
         ("deberta_v2", enc, _hf_lm("DebertaV2ForMaskedLM", "DebertaV2Config", **_ENC)),
-        ("mobilebert", enc, _hf_lm("MobileBertForMaskedLM", "MobileBertConfig", vocab_size=V, hidden_size=64,
-                                   embedding_size=32, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, intra_bottleneck_size=32, true_hidden_size=32)),
+        ("mobilebert", enc, _hf_lm("MobileBertForMaskedLM", "MobileBertConfig", **_MOBILEBERT)),
         ("squeezebert", enc, _hf_lm("SqueezeBertForMaskedLM", "SqueezeBertConfig", **dict(_ENC, embedding_size=64))),
         ("convbert", enc, _hf_lm("ConvBertForMaskedLM", "ConvBertConfig", **dict(_ENC, embedding_size=64))),
         ("funnel", enc, _hf_lm("FunnelForMaskedLM", "FunnelConfig", vocab_size=V, d_model=64, n_head=4, d_head=16,
@@ -1004,11 +1004,128 @@ def _orthogonal_recurrent(model: nn.Module, gain: float) -> nn.Module:
     return model
 
 
+# -- rules no sick case covered: saturated units, vanishing through time, stalled layers --------------------
+def _last_step_ce(out: Any, targets: torch.Tensor) -> torch.Tensor:
+    """A sequence classifier's loss: cross entropy of the last step's output only."""
+    return F.cross_entropy(out[:, -1], targets[:, -1])
+
+
+def _rnn_classifier(rnn_type: str) -> Callable[[int], Built]:
+    """The word-level RNN model read as a sequence classifier: 32 steps, the loss on the last one."""
+    return lambda seed: (_seeded(lambda: RNNModel(rnn_type), seed), lm_batch(seed, V, T=32, key=None),
+                         _last_step_ce)
+
+
+def _timm_raw_pixels(name: str, size: int = 32, n: int = 2, **kw: Any) -> Callable[[int], Built]:
+    """A timm model fed the bytes of its images, 0..255 as floats, as a loader without ``Normalize`` gives them."""
+    def build(seed: int) -> Built:
+        model, _, loss_fn = _timm(name, size=size, n=n, **kw)(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, 256, (n, 3, size, size), generator=g).float()
+        return model, (x, torch.randint(0, 10, (n,), generator=g)), loss_fn
+    return build
+
+
+def _timm_act(name: str) -> Any:
+    from timm.layers import get_act_layer
+
+    return get_act_layer(name)
+
+
+def _vgg11_tanh_raw(seed: int) -> Built:
+    # mlp_ratio 1/8: timm's 4096-wide pre-logits cost seconds per check and change nothing before them
+    return _timm_raw_pixels("vgg11", act_layer=_timm_act("tanh"), mlp_ratio=0.125)(seed)
+
+
+def _saturation_verifier(build: Callable[[int], Built], conv: str, act: str) -> Callable[[int], dict[str, float]]:
+    """Std of ``conv``'s output and the fraction of ``act``'s (tanh) outputs where tanh' = 1 - y^2 < 0.1."""
+    def verify(seed: int) -> dict[str, float]:
+        model, (x, _), _ = build(seed)
+        modules = dict(model.named_modules())
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(key: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                seen[key] = out.detach().clone()  # a copy: timm's tanh works in place on the conv's output
+            return hook
+
+        hooks = [modules[conv].register_forward_hook(keep("pre")), modules[act].register_forward_hook(keep("y"))]
+        try:
+            model.train()
+            with torch.no_grad():
+                call(model, x)
+        finally:
+            for h in hooks:
+                h.remove()
+        slope = 1 - seen["y"].double() ** 2
+        return {"pre_std": float(seen["pre"].double().std()), "sat_frac": float((slope < 0.1).double().mean()),
+                "mean_slope": float(slope.mean())}
+    return verify
+
+
+def _adamw(lr: float = 1e-3, eps: float = 1e-8) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    return lambda m: torch.optim.AdamW(m.parameters(), lr=lr, eps=eps)
+
+
+def _stall_verifier(build: Callable[[int], Built], optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                    steps: int, stalled: str, moving: str) -> Callable[[int], dict[str, float]]:
+    """Plain training loop: the largest gradient norm of ``stalled`` (a parameter name) and its optimizer's eps,
+    and the median relative update ||dW|| / ||W|| of ``stalled`` and of ``moving`` beside it."""
+    def verify(seed: int) -> dict[str, float]:
+        model, (inputs, targets), loss_fn = build(seed)
+        model.train()
+        opt = optimizer(model)
+        p = dict(model.named_parameters())
+        grads: list[float] = []
+        moved: dict[str, list[float]] = {stalled: [], moving: []}
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(call(model, inputs), targets).backward()
+            grads.append(float(p[stalled].grad.norm()))  # type: ignore[union-attr]
+            before = {n: p[n].detach().clone() for n in moved}
+            opt.step()
+            for n in moved:
+                moved[n].append(float((p[n].detach() - before[n]).norm() / before[n].norm()))
+        s, m = (float(torch.tensor(moved[n], dtype=torch.float64).quantile(0.5)) for n in (stalled, moving))
+        return {"stalled_grad_max": max(grads), "eps": float(opt.param_groups[0]["eps"]), "stalled_update": s,
+                "moving_update": m, "stalled_over_moving": s / m}
+    return verify
+
+
+def _rule_cases() -> list[Case]:
+    """Sick cases for the rules that had none: saturated units, vanishing through time, stalled layers
+    (tests/diagnosis/test_rules_on_real_models.py has their plain-PyTorch checks)."""
+    sat, van, stall = ("saturated_units",), ("vanishing_gradients",), ("stalled_layers",)
+    out: list[Case] = []
+    add = out.append
+    add(_sick("timm/vgg11-tanh-raw-pixels", "timm", "cnn", _vgg11_tanh_raw, sat, ("features.0", "features.1"),
+              _saturation_verifier(_vgg11_tanh_raw, "features.0", "features.1"),
+              "act_layer tanh (timm's own factory), inputs the raw 0-255 bytes of the images (no Normalize): "
+              "96-97% of the first tanh's outputs sit where tanh' < 0.1 (0% on standardised pixels)"))
+    rnn = _rnn_classifier("RNN_TANH")
+    add(_sick("torch/word_rnn_tanh-classifier-T32", "torch", "rnn", rnn, van, ("rnn",), _time_ratio_verifier(rnn),
+              "the word-level RNN_TANH model read as a sequence classifier (the loss on the last of 32 steps), "
+              "PyTorch's init: spectral radius 0.6, the first step gets ~2e-7 of the last step's gradient"))
+    lstm = _rnn_classifier("LSTM")
+    add(_sick("torch/word_lstm-classifier-T32", "torch", "rnn", lstm, van, ("rnn",), _time_ratio_verifier(lstm),
+              "the word-level LSTM read as a sequence classifier (the loss on the last of 32 steps), PyTorch's "
+              "init: forget gates near 0.5, the first step gets ~5e-6 of the last step's gradient"))
+    # no change: MobileBERT's own init (the healthy case's config) under the usual optimizer
+    mbert = _hf_lm("MobileBertForMaskedLM", "MobileBertConfig", **_MOBILEBERT)
+    pre = "mobilebert.encoder.layer.0.attention.self."
+    add(_sick("transformers/mobilebert-adamw", "transformers", "encoder", mbert, stall, (pre + "query", pre + "key"),
+              _stall_verifier(mbert, _adamw(), 20, pre + "query.weight", pre + "value.weight"),
+              "its own init under AdamW (lr 1e-3, eps 1e-8): NoNorm and initializer_range 0.02 leave layer 0's "
+              "query/key gradients at ~1e-10, below Adam's eps, so weight decay alone moves them (1e-5 of their "
+              "norm per step, the value beside them 1e-2)", optimizer=_adamw(), steps=20))
+    return out
+
+
 # -- the catalogue ----------------------------------------------------------------------------
 def cases() -> list[Case]:
     """Every case of the corpus: the healthy real architectures, then the sick variants."""
     return (_transformers_healthy() + _torchvision_healthy() + _timm_healthy() + _torch_healthy()
-            + _held_out_healthy() + _held_out_2_healthy() + _held_out_3_healthy() + _sick_cases())
+            + _held_out_healthy() + _held_out_2_healthy() + _held_out_3_healthy() + _sick_cases() + _rule_cases())
 
 
 def run_case(case: Case, seed: int = 0) -> Any:

@@ -48,6 +48,11 @@ def _sickness_shown(case: Case, numbers: dict) -> str:
         if "nonfinite_gradients" in case.expect and numbers["first_nonfinite_step"] < 0:
             return f"the loss stayed finite: {numbers}"
         return "" if diverged else f"did not diverge: {numbers}"
+    if "sat_frac" in numbers:  # saturated outputs of the named activation
+        return "" if numbers["sat_frac"] >= 0.5 else f"sat_frac = {numbers['sat_frac']:.3g}, not >= 0.5"
+    if "stalled_over_moving" in numbers:  # a layer whose gradient sits below its optimizer's eps
+        ok = numbers["stalled_grad_max"] < numbers["eps"] and numbers["stalled_over_moving"] < 1e-2
+        return "" if ok else f"not stalled: {numbers}"
     return f"unknown measurement {numbers}"
 
 
