@@ -183,6 +183,12 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "model = gradvet.remedies.apply_remedy('pretrain:layerwise', model, batch=(x_train, y_train)).model\n"
         "# then train the whole model as usual (fine-tuning)",
     ),
+    "optim:eps": (
+        "lower the adaptive optimizer's eps below the gradients it divides: Adam's step is "
+        "lr * m / (sqrt(v) + eps), so a gradient far below eps moves its weight by only lr * g / eps "
+        "(Kingma & Ba, 2015, Algorithm 1)",
+        "opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-12)",
+    ),
     "optim:param_groups": (
         "check the optimizer: every trained parameter must be in a param group with a useful learning rate",
         "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # all parameters, one sane lr",

@@ -22,7 +22,12 @@
   the median layer moves by more than its own norm is a blow-up, not a reading
   (HF LeViT under SGD: 7e7 of its norm at step 0, a NaN loss at step 1);
   parameters that receive gradients but are in no optimizer param group are
-  stalled by construction. Parameters that never received a finite non-zero
+  stalled by construction. A stalled layer whose gradients sit below its adaptive
+  optimizer's ``eps`` (per-entry RMS < eps) is blamed on that: Adam's step is
+  ``lr * m / (sqrt(v) + eps)`` (Kingma & Ba, 2015, Algorithm 1), about ``lr * g / eps``
+  there, so weight decay is all that moves it (transformers' MobileBERT at its own
+  init under AdamW: layer-0 query/key gradients ~1e-10 per entry, 1e-5 of their norm
+  per step; with eps 1e-12 they move 1.6e-2). Parameters that never received a finite non-zero
   gradient are *unused* (the loss does not depend on them: SqueezeBERT's pooler
   under a token loss, XLNet's ``mask_emb``): their update is 0 because nothing
   asks them to move, which says nothing about the optimizer; they are left out
@@ -170,7 +175,7 @@ def stalled_rule(run: Run) -> list[Finding]:
             if ratios[n] <= 0 or (n not in sparse and v <= STALL + allowance[n])
         }
         if stalled and med > 0:
-            findings.append(_stalled(run, stalled, med))
+            findings.append(_stalled(run, stalled, med, done))
     return findings + _orphans(run)
 
 
@@ -259,7 +264,50 @@ def _orphans(run: Run) -> list[Finding]:
     return findings
 
 
-def _stalled(run: Run, stalled: dict[str, float], med: float) -> Finding:
+def below_eps(run: Run, layers: list[str], before: Optional[int] = None) -> dict[str, tuple[float, float]]:
+    """Layer -> (largest per-entry gradient RMS of its parameters, smallest eps) for the ``layers`` whose every
+    parameter's gradient sits below the ``eps`` of the optimizer that owns it (medians over the steps before
+    ``before``; a parameter without a recorded ``eps``, under SGD say, leaves its layer out).
+
+    Example:
+        >>> from gradvet.record._run import Run
+        >>> run = Run()
+        >>> run.params = [{"name": "q.weight", "layer": "q", "numel": 100, "optimizer": {"eps": 1e-8}}]
+        >>> run.layers = [{"name": "q", "index": 0, "params": [0]}]
+        >>> run.add("param/grad_norm", np.array([0, 1]), np.array([[1e-9], [3e-9]]))
+        >>> rms, eps = below_eps(run, ["q"])["q"]  # median 2e-9 over sqrt(100) entries
+        >>> round(rms / 1e-10, 6), eps
+        (2.0, 1e-08)
+    """
+    s = run.get("param/grad_norm")
+    if s is None or not len(s.steps):
+        return {}
+    rows = s.values.astype(np.float64)
+    if before is not None and (np.asarray(s.steps) < before).any():
+        rows = rows[np.asarray(s.steps) < before]
+    with np.errstate(all="ignore"):
+        med = nanmedian(np.where(np.isfinite(rows), rows, np.nan), axis=0)
+    out: dict[str, tuple[float, float]] = {}
+    for layer in run.layers:
+        idx = layer.get("params") or []
+        if layer["name"] not in layers or not idx:
+            continue
+        found = []
+        for i in idx:
+            p = run.params[i]
+            eps, numel = (p.get("optimizer") or {}).get("eps"), p.get("numel")
+            if not eps or not numel or i >= len(med) or not np.isfinite(med[i]):
+                break
+            rms = float(med[i]) / float(np.sqrt(numel))
+            if rms >= eps:
+                break
+            found.append((rms, float(eps)))
+        else:
+            out[layer["name"]] = (max(r for r, _ in found), min(e for _, e in found))
+    return out
+
+
+def _stalled(run: Run, stalled: dict[str, float], med: float, before: Optional[int] = None) -> Finding:
     lr_of = {}
     for layer in run.layers:
         lrs = [run.params[i].get("lr") for i in layer.get("params") or [] if run.params[i].get("lr") is not None]
@@ -268,17 +316,34 @@ def _stalled(run: Run, stalled: dict[str, float], med: float) -> Finding:
     all_lrs = [v for v in lr_of.values() if v is not None]
     med_lr = float(np.median(all_lrs)) if all_lrs else None
     causes = []
+    tiny = below_eps(run, list(stalled), before)
+    if tiny:
+        rms, eps = max(v[0] for v in tiny.values()), min(v[1] for v in tiny.values())
+        shown = ", ".join(repr(n) for n in list(tiny)[:4]) + (" ..." if len(tiny) > 4 else "")
+        causes.append(Cause("below_eps", f"the gradients of {shown} (RMS up to {rms:.1g} per entry) sit below the "
+                            f"optimizer's eps ({eps:.0e}): its step is lr * m / (sqrt(v) + eps), about lr * g / eps "
+                            "here, so weight decay is all that moves them", 0.95))
     low = [n for n in stalled if med_lr and lr_of.get(n) is not None and lr_of[n] <= 1e-3 * med_lr]
     if low:
         causes.append(Cause("param_group_lr", f"{', '.join(repr(n) for n in low)} sit in a param group with "
                             f"learning rate {min(lr_of[n] for n in low):.1g}, vs {med_lr:.1g} for the others", 0.95))
     causes.append(Cause("starved", "the gradient reaching these layers is far smaller than elsewhere "
-                        "(see vanishing gradients)", 0.6 if not low else 0.3))
+                        "(see vanishing gradients)", 0.6 if not (low or tiny) else 0.3))
     names = [x["name"] for x in run.ordered_layers() if x["name"] in stalled]
     ev = "; ".join(f"{n!r} moves {stalled[n]:.1e} of its norm per update" for n in names)
     ev += f" (median layer: {med:.1e})"
-    rems = [remedy("optim:param_groups", 0.9 if low else 0.4), remedy("optim:adam", 0.6)]
+    rems = [remedy("optim:param_groups", 0.9 if low else 0.4)]
+    if tiny:
+        rems.insert(0, remedy("optim:eps", 0.9))
+    if not _adaptive(run, names):  # an adaptive optimizer is what the layers already have
+        rems.append(remedy("optim:adam", 0.6))
     return Finding("stalled_layers", "warning", names, ev, causes, rems, {"update_ratio": stalled, "median": med})
+
+
+def _adaptive(run: Run, layers: list[str]) -> bool:
+    """Whether every parameter of ``layers`` is trained by an optimizer with an ``eps`` (Adam, RMSprop, ...)."""
+    idx = [i for x in run.layers if x["name"] in layers for i in x.get("params") or []]
+    return bool(idx) and all((run.params[i].get("optimizer") or {}).get("eps") for i in idx)
 
 
 def _not_in_optimizer(run: Run) -> list[str]:
