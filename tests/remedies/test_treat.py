@@ -228,7 +228,8 @@ def test_every_catalogue_id_is_a_model_remedy_or_a_training_loop_change() -> Non
     from gradvet.remedies import MODEL_REMEDIES
 
     loop_only = {"clip:agc", "clip:autoclip", "clip:norm", "clip:value", "data:filter_nonfinite", "data:normalize",
-                 "lr:lower", "optim:adagrad", "optim:adam", "optim:param_groups", "optim:rmsprop", "optim:weight_decay", "skip_nonfinite"}
+                 "lr:lower", "optim:adagrad", "optim:adam", "optim:eps", "optim:param_groups", "optim:rmsprop",
+                 "optim:weight_decay", "skip_nonfinite"}
     assert set(MODEL_REMEDIES) <= set(CATALOGUE)
     assert set(CATALOGUE) - set(MODEL_REMEDIES) == loop_only
 
@@ -361,7 +362,7 @@ def test_cli_remedies_lists_every_catalogue_id_with_its_kind() -> None:
     edits = [r["kind"] == "model edit" for r in rows]
     assert edits == sorted(edits, reverse=True), "model edits come first"
     res = CliRunner().invoke(app, ["remedies", "--kind", "optimizer", "--json"])
-    assert {r["id"] for r in json.loads(res.output)} == {"lr:lower", "optim:adagrad", "optim:adam",
+    assert {r["id"] for r in json.loads(res.output)} == {"lr:lower", "optim:adagrad", "optim:adam", "optim:eps",
                                                         "optim:param_groups", "optim:rmsprop", "optim:weight_decay"}
     res = CliRunner().invoke(app, ["remedies", "--kind", "magic"])
     assert res.exit_code == 2 and "--kind must be one of" in res.output
