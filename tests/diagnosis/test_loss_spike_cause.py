@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,3 +145,85 @@ def test_a_conv_bn_stack_with_small_gains_has_one_init_scale_cause() -> None:
     f = gradvet.check(model, batch, F.cross_entropy).finding("vanishing_gradients")
     assert f is not None and [c.id for c in f.causes] == ["init_scale", "depth"]
     assert "normalisation layers' gains" in f.causes[0].reason and f.remedies[0].id == "init:reset_norm"
+
+
+# -- the remedies a net has are never prescribed, spike or not; dead units after a spike ----------------------
+def _sigmoid_chain(width: int = 32) -> nn.Sequential:
+    """A chain normalised at every layer (Linear, LayerNorm, sigmoid): it vanishes through the sigmoids."""
+    layers: list[nn.Module] = [nn.Linear(64, width)]
+    for _ in range(8):
+        layers += [nn.LayerNorm(width), nn.Sigmoid(), nn.Linear(width, width)]
+    return nn.Sequential(*layers, nn.LayerNorm(width), nn.Sigmoid(), nn.Linear(width, 10))
+
+
+def test_a_normalised_chain_vanishing_without_a_spike_gets_no_norm_and_no_adam_under_adamw() -> None:
+    torch.manual_seed(0)
+    losses, f = _train(_sigmoid_chain(), peak=1e-3, warmup=1, steps=20)
+    assert not loss_spikes(losses)
+    assert f is not None and "loss_spike" not in {c.id for c in f.causes}
+    ids = [r.id for r in f.remedies]
+    assert ids[0] == "activation:relu" and "residual" in ids  # a chain: skips it does not have
+    assert not [i for i in ids if i.startswith("norm:") or i == "optim:adam"]  # LayerNorm at every layer; AdamW
+
+
+def test_a_normalised_residual_net_vanishing_without_a_spike_gets_no_norm_or_skip() -> None:
+    """timm's CaiT (the corpus case): its layer scale reads as an ``info`` vanishing along the trunk; a
+    pre-LN residual transformer is not prescribed LayerNorm or skips (it was, without a spike)."""
+    pytest.importorskip("timm")
+    from gradvet.corpus import cases, run_case
+
+    torch.set_num_threads(1)
+    case = next(c for c in cases() if c.id == "timm/cait_xxs24_224")
+    f = next(f for f in run_case(case).findings if f.kind == "vanishing_gradients")
+    assert f.severity == "info" and [c.id for c in f.causes] == ["depth"]
+    assert [r.id for r in f.remedies] == ["optim:adam"]  # gradvet.check: no optimizer, so Adam is not there
+
+
+def _bias_steps(die: Optional[int], spike: Optional[int], steps: int = 24) -> tuple[np.ndarray, list[gradvet.Finding]]:
+    """A ReLU MLP fitting 32 Gaussian inputs under AdamW (lr 1e-2, the full profile), with steps too large
+    on its biases by hand: after step ``die``, -10 on each of the second layer's (every unit off on every input,
+    as a large step can leave them, Lu et al., 2019); after step ``spike``, +10 on the head's first class, so
+    the loss jumps from ~0.15 to ~9, far above its start."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    x, y = torch.randn(32, 32), torch.randint(0, 10, (32,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    with gradvet.Monitor(model, optimizer=opt, profile="full") as mon:
+        for t in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            mon.step(loss)
+            opt.step()
+            with torch.no_grad():
+                if t == die:
+                    model[2].bias -= 10.0
+                if t == spike:
+                    model[4].bias[0] += 10.0
+            losses.append(float(loss.detach()))
+    return np.asarray(losses), diagnose(mon.load())
+
+
+def test_units_that_die_with_a_loss_spike_name_it_first() -> None:
+    losses, found = _bias_steps(die=12, spike=12)
+    assert loss_spikes(losses)[0][0] == 13
+    f = next(f for f in found if f.kind == "dead_units")
+    assert f.severity == "error" and f.causes[0].id == "loss_spike"
+    assert "the units died from step 13" in f.causes[0].reason
+    assert [r.id for r in f.remedies] == ["lr:lower", "clip:norm", "activation:leaky_relu", "init:reset_bias",
+                                          "init:kaiming"]
+    assert f.data["loss_spike"]["step"] == f.data["loss_spike"]["onset_step"] == 13
+
+
+def test_units_dead_before_the_loss_spiked_keep_their_causes() -> None:
+    losses, found = _bias_steps(die=8, spike=14)
+    assert loss_spikes(losses)[0][0] == 15
+    f = next(f for f in found if f.kind == "dead_units")
+    assert [c.id for c in f.causes] == ["large_updates", "init"] and "loss_spike" not in f.data
+
+
+def test_units_alive_throughout_give_no_dead_finding() -> None:
+    _, found = _bias_steps(die=None, spike=None)
+    assert "dead_units" not in {f.kind for f in found}

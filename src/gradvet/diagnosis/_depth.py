@@ -47,7 +47,7 @@ from gradvet.diagnosis._context import (
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.diagnosis._spike import after_spike, spike_cause
+from gradvet.diagnosis._spike import after_spike, drop_present, spike_cause
 from gradvet.diagnosis._trunk import branched, normalised, small_norm_gains, trunk_rule
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
@@ -188,10 +188,11 @@ def _vanishing(run: Run, d: Depth, rel: np.ndarray, lo: float, steady: bool = Fa
     data = _data(d, rel)
     data["per_layer_factor"] = factor
     causes, rems = _vanishing_causes(run, d, factor), _vanishing_remedies(run, len(d.names))
+    rems = drop_present(run, rems, normalised=normalised(run), residual=False)  # a chain: no skips to have
     spike = spike_cause(run, d.steps, _lowest(d), cut)
     if spike is not None:  # the net trained until a step too large (gradvet.diagnosis._spike)
         causes.append(spike.cause)
-        rems = after_spike(run, rems, spike.remedies, normalised=normalised(run), residual=False)
+        rems = after_spike(rems, spike.remedies)
         evidence += spike.evidence
         data["loss_spike"] = spike.data()
     return Finding("vanishing_gradients", "error" if lo <= VANISH_ERROR else "warning", starved, evidence, causes,
@@ -243,6 +244,7 @@ def _exploding(run: Run, d: Depth, rel: np.ndarray, hi: float, big: float) -> Fi
         remedy("lr:lower", 0.5),
         remedy("init:orthogonal", 0.4),
     ]
+    rems = drop_present(run, rems, normalised=normalised(run), residual=False)
     data = _data(d, rel)
     data.update(per_layer_factor=factor, max_grad_to_weight=big)
     if normalised(run):  # see gradvet.diagnosis._trunk: the scale before a norm is free

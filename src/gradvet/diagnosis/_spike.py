@@ -10,7 +10,10 @@ Chowdhery et al., 2022, PaLM, sec. 5.1; Wortsman et al., 2023, who reproduce suc
 instabilities in small transformers by raising the learning rate: attention-logit
 growth and output-logit divergence). The remedies are the step's: a lower learning
 rate or a warm-up, and clipping; inserting norms or skips into a net that has them
-changes nothing.
+changes nothing. That last holds with or without a spike: the depth and trunk rules pass every finding's
+remedies through :func:`drop_present` (no ``norm:*`` for a normalised net, no ``residual*`` along a
+branched trunk, no ``optim:adam`` under Adam), and the dead rule names a spike before units died
+(``gradvet.diagnosis._units``).
 
 **Spike**: a finite loss ``loss[t] >= SPIKE * median(the up to SPIKE_WINDOW finite
 losses before it)`` (at least 3 of them), that is also back at or above the run's
@@ -102,12 +105,18 @@ class SpikeCause:
                 "onset_step": self.onset}
 
 
-def spike_cause(run: Run, steps: np.ndarray, low: np.ndarray, cut: float) -> Optional[SpikeCause]:
-    """The ``loss_spike`` cause of a vanishing finding whose per-step reading ``low`` (log10, at ``steps``;
-    NaN where unread) crosses ``cut`` only after a loss spike: the first spike before which every reading
-    was above ``cut`` and from whose step on the readings' median is at or below it. None when there is no
-    such spike: a net that read vanishing at any step before the spike (at init, say) keeps its own causes."""
+def spike_cause(run: Run, steps: np.ndarray, low: np.ndarray, cut: float, *, rising: bool = False,
+                what: str = "the signal vanished") -> Optional[SpikeCause]:
+    """The ``loss_spike`` cause of a finding whose per-step reading ``low`` (at ``steps``; NaN where unread)
+    crosses ``cut`` only after a loss spike: the first spike before which every reading was on the healthy
+    side of ``cut`` and from whose step on the readings' median is across it. None when there is no such
+    spike: a net that read sick at any step before the spike (at init, say) keeps its own causes.
+
+    Crossing is falling to ``cut`` or below (a vanishing signal, log10), or with ``rising`` reaching ``cut`` or
+    above (a share of dead units); ``what`` names the change in the cause's text ("the signal vanished")."""
     steps, low = np.asarray(steps), np.asarray(low, dtype=np.float64)
+    if rising:  # one comparison for both: a reading that rises to cut is its negative falling to -cut
+        low, cut = -low, -cut
     run_steps = np.asarray(run.steps)
     for t, x, m in loss_spikes(run.loss):
         spike = Spike(t, int(run_steps[t]), x, m)
@@ -116,32 +125,43 @@ def spike_cause(run: Run, steps: np.ndarray, low: np.ndarray, cut: float) -> Opt
             continue
         if bool(np.all(before[np.isfinite(before)] > cut)) and nanmedian(after) <= cut:
             onset = int(steps[(steps >= spike.step) & (low <= cut)][0])
-            return SpikeCause(spike, onset, *_cause(run, spike, onset))
+            return SpikeCause(spike, onset, *_cause(run, spike, onset, what))
     return None
 
 
-def _cause(run: Run, spike: Spike, onset: int) -> tuple[Cause, list[Remedy]]:
+def _cause(run: Run, spike: Spike, onset: int, what: str) -> tuple[Cause, list[Remedy]]:
     lrs = sorted({float(p["lr"]) for p in run.params if p.get("lr") is not None})
     lr_txt = f" at learning rate {', '.join(f'{x:g}' for x in lrs)}" if lrs else ""
-    what = (f"the loss spiked to {spike.loss:.3g} at step {spike.step}, {spike.ratio:.2g}x the median "
-            f"{spike.median:.3g} of the losses before it, and the signal vanished from step {onset} on")
-    cause = Cause("loss_spike", f"{what}: a step too large{lr_txt} threw the net off what it had learnt "
-                  "(a cliff of the loss, Pascanu et al., 2013); the readings before the spike were not vanishing",
+    text = (f"the loss spiked to {spike.loss:.3g} at step {spike.step}, {spike.ratio:.2g}x the median "
+            f"{spike.median:.3g} of the losses before it, and {what} from step {onset} on")
+    cause = Cause("loss_spike", f"{text}: a step too large{lr_txt} threw the net off what it had learnt "
+                  "(a cliff of the loss, Pascanu et al., 2013); the readings before the spike were healthy",
                   0.95)
-    rems = [remedy("lr:lower", 0.95, f"the loss spiked {spike.ratio:.2g}x at step {spike.step}, before the "
-                   "signal vanished"), remedy("clip:norm", 0.9, "a clipped step cannot jump that far")]
+    rems = [remedy("lr:lower", 0.95, f"the loss spiked {spike.ratio:.2g}x at step {spike.step}, before "
+                   f"{what}"), remedy("clip:norm", 0.9, "a clipped step cannot jump that far")]
     return cause, rems
 
 
-def after_spike(run: Run, remedies: list[Remedy], lr_remedies: list[Remedy], *, normalised: bool,
-                residual: bool) -> list[Remedy]:
-    """``lr_remedies`` first, then the rule's own remedies at :data:`DEMOTE` of their score, less those the
-    net has already: ``norm:*`` for a normalised net, ``residual*`` for one whose trunk has branches
-    joining it, ``optim:adam`` under an Adam optimizer."""
-    have = {x.id for x in lr_remedies}
-    if "adam" in str(run.meta.get("optimizer") or "").lower():
-        have.add("optim:adam")
-    kept = [Remedy(r.id, r.explanation, r.snippet, DEMOTE * r.score) for r in remedies if r.id not in have
-            and not (normalised and r.id.startswith("norm:")) and not (residual and r.id.startswith("residual"))]
-    return list(lr_remedies) + kept
+def drop_present(run: Run, remedies: list[Remedy], *, normalised: bool, residual: bool) -> list[Remedy]:
+    """``remedies`` (their order kept) less those the net has already: ``norm:*`` for a normalised net,
+    ``residual*`` for one whose trunk has branches joining it, ``optim:adam`` under an Adam optimizer
+    (Adam, AdamW, ...). Inserting norms or skips into a net that has them changes nothing.
 
+    Example:
+        >>> from gradvet.diagnosis._prescribe import remedy
+        >>> run = Run(meta={"optimizer": "AdamW"})
+        >>> rems = [remedy("norm:layer", 0.7), remedy("residual", 0.6), remedy("optim:adam", 0.3)]
+        >>> [r.id for r in drop_present(run, rems, normalised=True, residual=False)]
+        ['residual']
+    """
+    adam = "adam" in str(run.meta.get("optimizer") or "").lower()
+    return [r for r in remedies if not (normalised and r.id.startswith("norm:"))
+            and not (residual and r.id.startswith("residual")) and not (adam and r.id == "optim:adam")]
+
+
+def after_spike(remedies: list[Remedy], lr_remedies: list[Remedy]) -> list[Remedy]:
+    """``lr_remedies`` first, then the rule's own ``remedies`` (already less those the net has,
+    :func:`drop_present`) at :data:`DEMOTE` of their score, less those ``lr_remedies`` names."""
+    have = {x.id for x in lr_remedies}
+    kept = [Remedy(r.id, r.explanation, r.snippet, DEMOTE * r.score) for r in remedies if r.id not in have]
+    return list(lr_remedies) + kept

@@ -91,7 +91,7 @@ from gradvet.diagnosis._context import (
 )
 from gradvet.diagnosis._measures import _FLOOR, _log10, before_fit, nanmedian, zero_layers
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.diagnosis._spike import after_spike, spike_cause
+from gradvet.diagnosis._spike import after_spike, drop_present, spike_cause
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 
@@ -364,11 +364,12 @@ def _vanishing(run: Run, t: Trunk, lo: float) -> Finding:
                  remedy("optim:adam", 0.3)]
     if gains is not None:  # the init_scale cause: reset the gains before any other edit
         rems.insert(0, gains[1])
+    rems = drop_present(run, rems, normalised=normalised(run), residual=True)  # a trunk with branches joining it
     data = _data(t)
     spike = None if t.steps is None or t.low is None else spike_cause(run, t.steps, t.low, VANISH_WARN)
     if spike is not None:  # the net trained until a step too large (gradvet.diagnosis._spike)
         causes.append(spike.cause)
-        rems = after_spike(run, rems, spike.remedies, normalised=normalised(run), residual=True)
+        rems = after_spike(rems, spike.remedies)
         evidence += spike.evidence
         data["loss_spike"] = spike.data()
     severity = "error" if lo <= VANISH_ERROR else "warning"
@@ -412,5 +413,6 @@ def _exploding(run: Run, t: Trunk, grow: np.ndarray, hi: float) -> Finding:
                                "BatchNorm's input gradient grows as 1 / the spread of those values, so the growth "
                                "read here is partly the batch's; measure with a larger batch or larger inputs", 0.9))
     severity = "info" if norm else ("error" if hi >= EXPLODE_ERROR else "warning")
+    rems = drop_present(run, rems, normalised=norm, residual=True)
     return Finding("exploding_gradients", severity, _named(t, hit) or [t.first], evidence, causes, rems,
                    _data(t))

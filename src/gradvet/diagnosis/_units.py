@@ -31,9 +31,15 @@ that died in training (0% at init, 80% at step 50: torchvision's SqueezeNet 1.1
 class map under AdamW) read 40% and were missed. The window is then step 50 alone;
 under the full profile it is the last three steps as before. Saturation keeps the
 init in its window: it can come and go as the net learns.
+
+Units that were alive at every layer step after the init and before a loss spike, and dead
+from it on, name the spike first (``loss_spike``, ``gradvet.diagnosis._spike``: ``lr:lower``
+and ``clip:norm`` first, the rule's own remedies at 0.8 of their score).
 """
 
 from __future__ import annotations
+
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,6 +47,7 @@ from gradvet.diagnosis._context import DYING, SATURATING, producer, unit_layers
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import before_fit, has_fit
 from gradvet.diagnosis._prescribe import remedy
+from gradvet.diagnosis._spike import SpikeCause, after_spike, spike_cause
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
@@ -162,9 +169,35 @@ def dead_rule(run: Run) -> list[Finding]:
     causes.append(Cause("init", "an initialisation whose scale or bias leaves units off on the whole data", 0.3))
     rems = [remedy("activation:leaky_relu", 0.9), remedy("init:reset_bias", 0.8), remedy("init:kaiming", 0.6),
             remedy("lr:lower", 0.4)]
-    data = {layer["name"]: v for layer, v in flagged}
+    data: dict[str, Any] = {"dead_frac": {layer["name"]: v for layer, v in flagged}}
+    evidence = "; ".join(parts)
+    spike = _spike(run, flagged)
+    if spike is not None:  # the units were alive until a step too large (gradvet.diagnosis._spike)
+        causes.append(spike.cause)
+        rems = after_spike(rems, spike.remedies)
+        evidence += spike.evidence
+        data["loss_spike"] = spike.data()
     return [Finding("dead_units", "error" if worst >= ERROR else "warning", _names(run, flagged),
-                    "; ".join(parts), causes, rems, {"dead_frac": data})]
+                    evidence, causes, rems, data)]
+
+
+def _spike(run: Run, flagged: list[tuple[dict, float]]) -> Optional[SpikeCause]:
+    """The ``loss_spike`` cause when the flagged layers' units died only after a loss spike: at every layer
+    step before it each had under :data:`WARN` dead, and from it on the most dead of them has a median of
+    :data:`WARN` or more (Lu et al., 2019: a large step can push a unit's bias where it never fires again).
+    The init's reading is left out, as in the rule's window: units alive at init may have died at any step
+    before the next reading (under the default profile, step 50), so only a live reading after the init
+    and before the spike places the dying after it (torchvision's VGG-11 under AdamW: alive at init, dead at
+    step 50, its loss 8.6 at step 1 and 10.9 at step 40: either could have killed them)."""
+    s = run.get("layer/dead_frac")
+    if s is None or len(s.steps) < 3:
+        return None
+    cols = s.values[1:, [layer["index"] for layer, _ in flagged]].astype(np.float64)
+    cols = np.where(np.isfinite(cols), cols, np.nan)
+    worst = np.full(len(cols), np.nan)
+    read = np.isfinite(cols).any(axis=1)
+    worst[read] = np.nanmax(cols[read], axis=1)
+    return spike_cause(run, s.steps[1:], worst, WARN, rising=True, what="the units died")
 
 
 def _on_branch(run: Run, layer: dict) -> bool:
