@@ -114,3 +114,32 @@ def require_nonempty_batch(inputs: Any, targets: Any, who: str) -> None:
             f"{who}: the batch is empty ({empty}: 0 samples), so there is nothing to measure; pass a batch "
             "with at least one sample, e.g. next(iter(loader))"
         )
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer whose ``step()`` actually runs, inside a wrapper that steps it.
+
+    Accelerate's ``AcceleratedOptimizer`` (``accelerator.prepare(optimizer)``, ``.optimizer``)
+    subclasses ``torch.optim.Optimizer`` without calling its ``__init__``, so it has no hook tables
+    (``register_step_pre_hook`` raised ``AttributeError``); Lightning's ``LightningOptimizer``
+    (``self.optimizers()``, ``._optimizer``) is a copy of the optimizer's attributes whose hooks
+    receive the inner optimizer. Both step the one they hold, and only when a step is due
+    (Accelerate skips the step of a micro-batch that does not complete an accumulated gradient), so
+    that optimizer's hooks fire exactly on real steps. Anything else is returned as it is.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> class Wrapper:  # as Lightning's: holds the optimizer, steps it
+        ...     def __init__(self, o): self._optimizer = o
+        >>> unwrap_optimizer(Wrapper(opt)) is opt, unwrap_optimizer(opt) is opt
+        (True, True)
+    """
+    for _ in range(8):  # a wrapper of a wrapper, never a cycle
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer

@@ -47,7 +47,7 @@ from gradvet._hooks import HookSet
 from gradvet._layers import discover_layers, owner_names
 from gradvet._structure import layer_facts, optimizer_settings
 from gradvet._taps import LayerTaps
-from gradvet._validate import require_module, scalar_loss, trainable_parameters
+from gradvet._validate import require_module, scalar_loss, trainable_parameters, unwrap_optimizer
 from gradvet._version import __version__
 from gradvet.config import MonitorConfig, ProfileLike, resolve_profile
 from gradvet.errors import GradvetUsageError
@@ -70,7 +70,9 @@ class Monitor:
             across several (a GAN's generator and discriminator; Muon for matrices and AdamW for
             the rest): enables update/weight ratios (step hooks), tells the diagnosis which
             parameters some param group trains, and tells an AMP ``scaler`` whether gradients were
-            already unscaled. Call ``monitor.step()`` once per training step, not per optimizer;
+            already unscaled. A wrapper that steps the optimizer it holds (Accelerate's
+            ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is read through to it.
+            Call ``monitor.step()`` once per training step, not per optimizer;
             an optimizer that steps before ``monitor.step()`` in the loop has its update recorded
             at the previous measured step.
         scaler: optional ``torch.amp.GradScaler``; gradients are then measured in true
@@ -616,7 +618,7 @@ def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
     if optimizer is None:
         return ()
     many = isinstance(optimizer, (list, tuple))
-    opts = tuple(optimizer) if many else (optimizer,)
+    opts = tuple(unwrap_optimizer(o) for o in (optimizer if many else (optimizer,)))
     for o in opts:
         if not isinstance(o, torch.optim.Optimizer):
             raise TypeError(

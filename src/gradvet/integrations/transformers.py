@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from gradvet._validate import unwrap_optimizer
 from gradvet.config import ProfileLike
 from gradvet.integrations._common import global_grad_norm, print_findings, summary_scalars
 from gradvet.monitor import Monitor
@@ -78,10 +79,8 @@ def _grad_outputs(output: Any) -> list[Tensor]:
 
 def _torch_optimizer(optimizer: Any) -> Optional[torch.optim.Optimizer]:
     """Accelerate wraps the optimizer (``AcceleratedOptimizer.optimizer`` is the torch one)."""
-    inner = getattr(optimizer, "optimizer", None)
-    if isinstance(inner, torch.optim.Optimizer):
-        return inner
-    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    inner = unwrap_optimizer(optimizer)
+    return inner if isinstance(inner, torch.optim.Optimizer) else None
 
 
 def _post_clip_reason(args: Any, pre_clip: bool, optimizer: Any) -> Optional[str]:
