@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -82,3 +83,16 @@ def param_lrs(run: Run) -> list[Optional[float]]:
 
 def has_optimizer(run: Run) -> bool:
     return bool(run.meta.get("optimizer"))
+
+
+def adaptive(run: Run, layers: Optional[Sequence[str]] = None) -> bool:
+    """Whether every parameter (of ``layers``, or of the run) is trained by an optimizer that divides by a running
+    RMS, read from the ``eps`` recorded for its param group (Adam, AdamW, RMSprop, Adagrad...; per parameter, so a
+    Muon + AdamW split or a GAN's SGD + Adam is read layer by layer). False without an optimizer (``check``).
+    A record without per-parameter settings (written before they were recorded) is read from the optimizer's
+    class name."""
+    if not any(p.get("optimizer") for p in run.params):
+        name = str(run.meta.get("optimizer") or "").lower()
+        return any(k in name for k in ("adam", "rmsprop", "adagrad", "adadelta"))
+    idx = [i for x in run.layers if layers is None or x["name"] in layers for i in x.get("params") or []]
+    return bool(idx) and all((run.params[i].get("optimizer") or {}).get("eps") for i in idx)

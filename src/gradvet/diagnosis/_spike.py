@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from gradvet.diagnosis._context import adaptive
 from gradvet.diagnosis._measures import EARLY, early_loss, nanmedian
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Remedy
@@ -145,16 +146,18 @@ def _cause(run: Run, spike: Spike, onset: int, what: str) -> tuple[Cause, list[R
 def drop_present(run: Run, remedies: list[Remedy], *, normalised: bool, residual: bool) -> list[Remedy]:
     """``remedies`` (their order kept) less those the net has already: ``norm:*`` for a normalised net,
     ``residual*`` for one whose trunk has branches joining it, ``optim:adam`` under an Adam optimizer
-    (Adam, AdamW, ...). Inserting norms or skips into a net that has them changes nothing.
+    (every parameter's param group has an ``eps``: :func:`gradvet.diagnosis._context.adaptive`). Inserting
+    norms or skips into a net that has them changes nothing.
 
     Example:
         >>> from gradvet.diagnosis._prescribe import remedy
         >>> run = Run(meta={"optimizer": "AdamW"})
+        >>> run.params, run.layers = [{"name": "w", "optimizer": {"eps": 1e-8}}], [{"name": "fc", "params": [0]}]
         >>> rems = [remedy("norm:layer", 0.7), remedy("residual", 0.6), remedy("optim:adam", 0.3)]
         >>> [r.id for r in drop_present(run, rems, normalised=True, residual=False)]
         ['residual']
     """
-    adam = "adam" in str(run.meta.get("optimizer") or "").lower()
+    adam = adaptive(run)
     return [r for r in remedies if not (normalised and r.id.startswith("norm:"))
             and not (residual and r.id.startswith("residual")) and not (adam and r.id == "optim:adam")]
 

@@ -40,7 +40,7 @@ from typing import Optional
 
 import numpy as np
 
-from gradvet.diagnosis._context import has_optimizer, norm_layers
+from gradvet.diagnosis._context import adaptive, has_optimizer, norm_layers
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import (
     early_loss,
@@ -335,15 +335,9 @@ def _stalled(run: Run, stalled: dict[str, float], med: float, before: Optional[i
     rems = [remedy("optim:param_groups", 0.9 if low else 0.4)]
     if tiny:
         rems.insert(0, remedy("optim:eps", 0.9))
-    if not _adaptive(run, names):  # an adaptive optimizer is what the layers already have
+    if not adaptive(run, names):  # an adaptive optimizer is what the layers already have
         rems.append(remedy("optim:adam", 0.6))
     return Finding("stalled_layers", "warning", names, ev, causes, rems, {"update_ratio": stalled, "median": med})
-
-
-def _adaptive(run: Run, layers: list[str]) -> bool:
-    """Whether every parameter of ``layers`` is trained by an optimizer with an ``eps`` (Adam, RMSprop, ...)."""
-    idx = [i for x in run.layers if x["name"] in layers for i in x.get("params") or []]
-    return bool(idx) and all((run.params[i].get("optimizer") or {}).get("eps") for i in idx)
 
 
 def _not_in_optimizer(run: Run) -> list[str]:
