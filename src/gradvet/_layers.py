@@ -5,6 +5,12 @@ Embedding, RNN/LSTM/GRU, MultiheadAttention, a custom module with its own
 ``nn.Parameter``), or a registered activation module. Containers are not layers.
 Layers are ordered input side first by the order their forward first ran
 (``named_modules()`` order for layers that never ran).
+
+A plain ``nn.RNN`` is also read as its nonlinearity: the sequence output of its last
+layer is ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ``relu(...)``), so its
+forward hook measures saturation (or dead units) on that output as it does for a ``nn.Tanh``
+module. LSTM and GRU outputs are products and mixtures of gates, not one activation's
+output: they are read as plain layers.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Optional
 
 from torch import nn
 
-from gradvet.stats._activations import ActivationKind, activation_kind
+from gradvet.stats._activations import RELU, TANH, ActivationKind, activation_kind
 
 # Outputs of these layer types are channel-first: units are indexed by dim 1.
 _CHANNEL_FIRST = (
@@ -77,6 +83,23 @@ class LayerInfo:
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
+#: ``nn.RNNBase.mode`` -> the activation whose output the layer returns (bidirectional: both halves are)
+RECURRENT_KINDS: dict[str, ActivationKind] = {"RNN_TANH": TANH, "RNN_RELU": RELU}
+
+
+def layer_kind(mod: nn.Module) -> Optional[ActivationKind]:
+    """The activation kind to read off ``mod``'s output: an activation module's, or a plain RNN's nonlinearity.
+
+    Example:
+        >>> layer_kind(nn.RNN(2, 3)).name, layer_kind(nn.RNN(2, 3, nonlinearity="relu")).name
+        ('tanh', 'relu')
+        >>> layer_kind(nn.LSTM(2, 3)) is None
+        True
+    """
+    if isinstance(mod, nn.RNNBase):
+        return RECURRENT_KINDS.get(mod.mode)
+    return activation_kind(mod)
+
 
 def user_class(mod: nn.Module) -> type:
     """The module's own class, seen through wrappers that subclass it dynamically (FSDP2's ``FSDPLinear``)."""
@@ -126,7 +149,7 @@ def discover_layers(
     seen: dict[int, str] = {}  # parameter index -> the first module that owns it
     for name, mod in model.named_modules():
         own = _own_parameters(mod)
-        kind = activation_kind(mod)
+        kind = layer_kind(mod)
         if not own and kind is None and not _is_other_layer(mod):
             continue
         idx = []
