@@ -32,7 +32,6 @@ import numpy as np
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import TimeProfile, time_profiles
 from gradvet.diagnosis._prescribe import remedy
-from gradvet.diagnosis._units import recent_median
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
 
@@ -45,12 +44,14 @@ LARGE_GAIN = 1.5
 
 
 def saturation(run: Run, layer: dict) -> Optional[float]:
-    """The median ``sat_frac`` of ``layer`` over the last three layer steps (None where not measured)."""
+    """The median ``sat_frac`` of ``layer`` over the last three layer steps, as the saturated-units rule reads
+    it (None where not measured)."""
     s = run.get("layer/sat_frac")
     if s is None or not len(s.steps) or layer["index"] >= s.values.shape[1]:
         return None
-    v = float(recent_median(s.values[-3:, [layer["index"]]])[0])
-    return v if np.isfinite(v) else None
+    col = s.values[-3:, layer["index"]].astype(np.float64)
+    col = col[np.isfinite(col)]
+    return float(np.median(col)) if len(col) else None
 
 
 def unnormalised_inputs(run: Run, layer: dict) -> Optional[str]:
