@@ -271,10 +271,10 @@ def test_snapshot_buffers_are_reused_and_freed(device):
     expected: list[list[float]] = []
     with gradvet.Monitor(model, optimizer=opt, profile="full") as monitor:
         _step_and_expect(model, opt, monitor, x, expected)
-        ptrs = {k: b.data_ptr() for k, b in monitor._snapshots.items()}
+        ptrs = {k: b.data_ptr() for k, b in monitor._snapshots[id(opt)].items()}
         for _ in range(3):
             _step_and_expect(model, opt, monitor, x, expected)
-        assert {k: b.data_ptr() for k, b in monitor._snapshots.items()} == ptrs
+        assert {k: b.data_ptr() for k, b in monitor._snapshots[id(opt)].items()} == ptrs
         assert sorted(ptrs) == [0, 1, 2, 3]
     assert monitor._snapshots == {}  # close() gives the weight copy back
     np.testing.assert_allclose(monitor.run.series("param/update_ratio").values, expected, rtol=1e-5)
@@ -290,10 +290,10 @@ def test_update_ratio_follows_param_group_changes(device):
         _step_and_expect(model, opt, monitor, x, expected, params[2:])
         opt.add_param_group({"params": list(model[0].parameters()), "lr": 0.05})  # unfrozen later
         _step_and_expect(model, opt, monitor, x, expected, params)
-        assert sorted(monitor._snapshots) == [0, 1, 2, 3]
+        assert sorted(monitor._snapshots[id(opt)]) == [0, 1, 2, 3]
         opt.param_groups.pop(0)  # the head leaves the optimizer
         _step_and_expect(model, opt, monitor, x, expected, params[:2])
-        assert sorted(monitor._snapshots) == [0, 1]  # its copy is not kept
+        assert sorted(monitor._snapshots[id(opt)]) == [0, 1]  # its copy is not kept
     got = monitor.run.series("param/update_ratio").values
     nan = float("nan")
     want = [[nan, nan, *expected[0]], expected[1], [*expected[2], nan, nan]]
@@ -308,7 +308,7 @@ def test_update_ratio_after_a_dtype_change(device):
         _step_and_expect(model, opt, monitor, torch.randn(6, 4, device=device), expected)
         model.double()  # the same Parameter objects, new storage and dtype
         _step_and_expect(model, opt, monitor, torch.randn(6, 4, device=device).double(), expected)
-        assert {b.dtype for b in monitor._snapshots.values()} == {torch.float64}
+        assert {b.dtype for b in monitor._snapshots[id(opt)].values()} == {torch.float64}
     np.testing.assert_allclose(monitor.run.series("param/update_ratio").values, expected, rtol=1e-5)
 
 
@@ -323,7 +323,7 @@ def test_replaced_parameter_gets_no_ratio_and_no_buffer(device):
         model[2].weight = nn.Parameter(torch.randn(1, 8, device=device))
         opt.param_groups[0]["params"][2] = model[2].weight
         _step_and_expect(model, opt, monitor, x, expected)
-        assert sorted(monitor._snapshots) == [0, 1, 3]
+        assert sorted(monitor._snapshots[id(opt)]) == [0, 1, 3]
     got = monitor.run.series("param/update_ratio").values
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
     assert np.isnan(got[1, 2]) and np.isfinite(got[1, [0, 1, 3]]).all()

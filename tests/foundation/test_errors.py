@@ -105,7 +105,9 @@ def test_last_grad_norms_before_any_step():
 
 
 def test_bad_optimizer_and_scaler():
-    with pytest.raises(TypeError, match="needs a torch.optim.Optimizer, got list"):
+    with pytest.raises(TypeError, match="needs a torch.optim.Optimizer or a list of them, got dict"):
+        gradvet.Monitor(_model(), optimizer={})
+    with pytest.raises(ValueError, match="the list is empty"):
         gradvet.Monitor(_model(), optimizer=[])
     with pytest.raises(TypeError, match="needs a torch.amp.GradScaler, got float"):
         gradvet.Monitor(_model(), scaler=1.0)
