@@ -85,3 +85,14 @@ def test_inputs_are_not_blamed_behind_an_embedding() -> None:
     ids = [c.id for c in finding.causes]
     assert ids[0] == "saturated_recurrence" and "unnormalised_inputs" not in ids
     assert "data:normalize" not in [r.id for r in finding.remedies]
+
+
+def test_the_saturated_units_finding_on_an_rnn_prescribes_recurrent_remedies() -> None:
+    """The saturated-units rule names the RNN too; a norm layer or ReLU does not fit an nn.RNN, so its causes
+    and remedies are the time rule's (the inputs first), not a feed-forward layer's."""
+    _, rep = _vanishing(50.0)
+    sat = rep.finding("saturated_units")
+    assert sat is not None and sat.severity == "error" and sat.layers == ("rnn",)
+    assert [c.id for c in sat.causes] == ["unnormalised_inputs", "saturating_activation"]
+    assert [r.id for r in sat.remedies] == ["data:normalize", "arch:gated_rnn", "init:orthogonal"]
+    assert sat.data["sat_frac"]["rnn"] == rep.layers[0].sat_frac

@@ -48,6 +48,7 @@ from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import before_fit, has_fit
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._spike import SpikeCause, after_spike, spike_cause
+from gradvet.diagnosis._time import unnormalised_inputs
 from gradvet.findings import Cause, Finding
 from gradvet.record._run import Run
 
@@ -260,6 +261,20 @@ def _outputs(flagged: list[tuple[dict, float]], run: Run) -> Finding:
     )
 
 
+def _recurrent(run: Run, layer: dict, flagged: list[tuple[dict, float]], parts: list[str], worst: float) -> Finding:
+    """Saturation of a plain tanh RNN's output (its pre-activation is not recorded: the output is the tanh's),
+    with the inputs blamed as the time rule blames them (:func:`gradvet.diagnosis._time.unnormalised_inputs`)
+    and recurrent remedies instead of a norm layer or ReLU, which do not fit an ``nn.RNN``."""
+    inputs = unnormalised_inputs(run, layer)
+    causes = [Cause("unnormalised_inputs", inputs, 0.9)] if inputs is not None else []
+    causes.append(Cause("saturating_activation", "tanh is flat for large |x|: each recurrent step multiplies the "
+                        "gradient by tanh', nearly zero there (Bengio, Simard & Frasconi, 1994)", 0.5))
+    rems = [remedy("data:normalize", 0.95)] if inputs is not None else []
+    rems += [remedy("arch:gated_rnn", 0.8), remedy("init:orthogonal", 0.6)]
+    return Finding("saturated_units", "error" if worst >= ERROR else "warning", _names(run, flagged),
+                   "; ".join(parts), causes, rems, {"sat_frac": {x["name"]: v for x, v in flagged}})
+
+
 @register_rule("saturated")
 def saturated_rule(run: Run) -> list[Finding]:
     flagged = _flagged(run, "sat_frac", SATURATING)
@@ -286,6 +301,8 @@ def saturated_rule(run: Run) -> list[Finding]:
     stds = _recent(run, "act_std")
     causes = []
     first = flagged[0][0]
+    if first["role"] == "recurrent":  # a plain tanh RNN: its output is the tanh's, its remedies recurrent ones
+        return [_recurrent(run, first, flagged, parts, worst)]
     prod = producer(run, first["name"]) if first["role"] == "activation" else first
     if prod is not None:
         pre_std = stds.get(prod["name"])
