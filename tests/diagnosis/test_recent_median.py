@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gradvet.diagnosis._units import recent_median
+from gradvet.diagnosis._measures import recent_median
 
 _values = st.one_of(
     st.floats(-1e6, 1e6, width=32), st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1.0])

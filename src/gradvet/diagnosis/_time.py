@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import TimeProfile, time_profiles
+from gradvet.diagnosis._measures import TimeProfile, recent_median, time_profiles
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.findings import Cause, Finding, Remedy
 from gradvet.record._run import Run
@@ -49,9 +49,8 @@ def saturation(run: Run, layer: dict) -> Optional[float]:
     s = run.get("layer/sat_frac")
     if s is None or not len(s.steps) or layer["index"] >= s.values.shape[1]:
         return None
-    col = s.values[-3:, layer["index"]].astype(np.float64)
-    col = col[np.isfinite(col)]
-    return float(np.median(col)) if len(col) else None
+    med = float(recent_median(s.values[-3:, [layer["index"]]])[0])
+    return None if np.isnan(med) else med
 
 
 def unnormalised_inputs(run: Run, layer: dict) -> Optional[str]:

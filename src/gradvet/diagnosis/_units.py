@@ -45,7 +45,7 @@ import numpy as np
 
 from gradvet.diagnosis._context import DYING, SATURATING, producer, unit_layers
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import before_fit, has_fit
+from gradvet.diagnosis._measures import before_fit, has_fit, recent_median
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._spike import SpikeCause, after_spike, spike_cause
 from gradvet.diagnosis._time import unnormalised_inputs
@@ -72,25 +72,6 @@ def _recent(run: Run, stat: str, before: bool = False, after_init: bool = False)
     med = recent_median(rows[-3:])
     return {layer["name"]: float(med[layer["index"]]) for layer in run.ordered_layers()
             if layer["index"] < len(med) and not np.isnan(med[layer["index"]])}
-
-
-def recent_median(rows: np.ndarray) -> np.ndarray:
-    """Per column, the median of the finite values of ``rows`` (a few steps x layers), NaN where none is
-    finite; ``np.median`` of each column's finite values, for every column at once (one call per layer
-    was half of a ResNet-50's report).
-
-    Example:
-        >>> recent_median(np.array([[1.0, np.nan, 5.0], [3.0, np.inf, np.nan], [2.0, np.nan, 7.0]])).tolist()
-        [2.0, nan, 6.0]
-    """
-    v = np.where(np.isfinite(rows), rows.astype(np.float64), np.nan)
-    v = np.sort(v, axis=0)  # NaN sorts last: the k finite values of a column come first
-    k = np.isfinite(v).sum(axis=0)
-    cols = np.arange(v.shape[1])
-    lo = v[np.maximum((k - 1) // 2, 0), cols]
-    hi = v[np.maximum(k // 2, 0), cols]
-    with np.errstate(all="ignore"):
-        return np.where(k > 0, np.where(k % 2 == 1, lo, (lo + hi) / 2), np.nan)
 
 
 def _weight_norms(run: Run) -> dict[str, float]:
