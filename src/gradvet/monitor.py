@@ -74,7 +74,8 @@ class Monitor:
             ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is read through to it.
             Call ``monitor.step()`` once per training step, not per optimizer;
             an optimizer that steps before ``monitor.step()`` in the loop has its update recorded
-            at the previous measured step.
+            at the previous measured step. With a ``scaler``, unscale every optimizer's gradients
+            before ``monitor.step()`` or none of them (a mix is read as still scaled).
         scaler: optional ``torch.amp.GradScaler``; gradients are then measured in true
             units and steps the scaler skips are recorded as skipped.
         record: optional path of the on-disk record (SQLite); without it the run is

@@ -133,3 +133,32 @@ def test_the_same_optimizer_twice_is_refused():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="twice"):
         gradvet.Monitor(model, optimizer=[opt, opt])
+
+
+@pytest.mark.parametrize("unscale", [False, True])
+def test_a_grad_scaler_over_two_optimizers_gives_true_units(unscale):
+    """With a GradScaler the recorded norms are in true units, whether the user unscaled every optimizer's
+    gradients before monitor.step() (scaler.unscale_ for each, as before clipping) or none of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+    mats, rest = _split(model)
+    o1, o2 = torch.optim.SGD(mats, lr=0.01), torch.optim.Adam(rest, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    expected = []
+    with gradvet.Monitor(model, optimizer=[o1, o2], scaler=scaler, profile="full") as monitor:
+        for _ in range(3):
+            o1.zero_grad()
+            o2.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            if unscale:
+                scaler.unscale_(o1)
+                scaler.unscale_(o2)
+            factor = 1.0 if unscale else 1.0 / scaler.get_scale()
+            expected.append([p.grad.norm().item() * factor for p in model.parameters()])
+            monitor.step(loss)
+            scaler.step(o1)
+            scaler.step(o2)
+            scaler.update()
+    np.testing.assert_allclose(monitor.run.series("param/grad_norm").values, expected, rtol=1e-5)
