@@ -16,11 +16,16 @@ Usage::
     python bench/train_sweep.py --profile full --steps 40 --records /tmp/amp/rec_full
     python bench/train_sweep.py --amp bf16 --steps 40 --only transformers/ --records /tmp/amp/rec_bf16
     python bench/train_sweep.py --rediagnose /tmp/fa/sgd   # the saved records under today's rules
+    python bench/train_sweep.py --fresh --skip torchvision/s3d --records /tmp/fresh/rec_default
 
 ``--amp bf16`` runs the forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 ``--amp fp16-scaler`` under float16 autocast with a ``torch.amp.GradScaler("cpu")`` given to the
 Monitor (``scaler.scale(loss).backward()``, ``monitor.step(loss)``, ``scaler.step(opt)``,
 ``scaler.update()``, as the README's AMP loop). Parameters stay float32 under both.
+
+``--fresh`` trains on a new batch every step instead of the case's one batch (see :func:`redraw`):
+noise the net cannot memorise, so the loss stays near its start (about ln(classes)) and the
+gradients stay noisy -- the regime opposite to the default, where every net fits its 2 samples.
 
 ``--records DIR`` keeps each run's record (``DIR/<id>.gvrec``); ``--rediagnose DIR`` reads them back
 and diagnoses them again without training, so a rule change is checked against the whole sweep in
@@ -56,10 +61,53 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float | None) -> torch
     raise ValueError(f"--optimizer must be adamw or sgd, got {name!r}")
 
 
+def redraw(batch: Any, seed: int, step: int) -> Any:
+    """A new batch of the same structure as ``batch``, drawn from a generator seeded by ``(seed, step)``.
+
+    Floating tensors: ``torch.randn`` of the same shape and dtype, scaled to the tensor's own mean
+    and std -- except a tensor holding only 0s and 1s (binary targets, float masks), redrawn as
+    Bernoulli(its mean) so it stays in {0, 1}. Integer tensors (token ids, labels): uniform ints in
+    the tensor's own [min, max]. Dicts, tuples and lists recursively. A dict with ``"boxes"`` (a
+    detection target), a bool tensor and anything else: kept as is. One tensor met twice in the
+    batch is redrawn once (the same new tensor both times).
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    memo: dict[int, Any] = {}
+
+    def new(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            if id(t) not in memo:
+                memo[id(t)] = _redraw_tensor(t, g)
+            return memo[id(t)]
+        if isinstance(t, dict):
+            return t if "boxes" in t else {k: new(v) for k, v in t.items()}
+        if isinstance(t, (tuple, list)):
+            return type(t)(new(v) for v in t)
+        return t
+    return new(batch)
+
+
+def _redraw_tensor(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if t.numel() == 0 or t.dtype == torch.bool:
+        return t
+    if t.is_floating_point():
+        f = t.detach().float()
+        if bool(((f == 0) | (f == 1)).all()):
+            return torch.bernoulli(torch.full(t.shape, float(f.mean())), generator=g).to(t.dtype)
+        std = float(f.std()) if t.numel() > 1 else 0.0
+        return (torch.randn(t.shape, generator=g) * std + float(f.mean())).to(t.dtype)
+    if t.is_complex():
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    return torch.randint(lo, hi + 1, t.shape, generator=g, dtype=t.dtype)
+
+
 def train_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """Train ``case`` under a Monitor; its losses, findings at warning/error, and seconds."""
     t0 = time.perf_counter()
     model, (x, y), loss_fn = case.build(args.seed)
+    fresh = getattr(args, "fresh", False)
+    batch = (x, y)
     opt = make_optimizer(args.optimizer, model, args.lr)
     losses = []
     record = _record_path(args.records, case.id) if args.records else None
@@ -67,7 +115,9 @@ def train_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cpu") if amp == "fp16-scaler" else None
     with gradvet.Monitor(model, optimizer=opt, scaler=scaler, profile=args.profile, record=record,
                          overwrite=True) as mon:
-        for _ in range(args.steps):
+        for step in range(args.steps):
+            if fresh:
+                x, y = redraw(batch, args.seed, step)
             opt.zero_grad()
             with _autocast(amp):
                 loss = loss_fn(call(model, x), y)
@@ -162,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids-from", default=None, help="a file of case ids (whitespace-separated): only those")
     p.add_argument("--chunk", default="1/1", help="i/n: every n-th case from the i-th (to run in parallel)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true",
+                   help="a new batch every step (redraw: same structure, shapes, dtypes, ranges; seeded by "
+                        "--seed and the step) instead of the case's one batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--records", default=None, help="keep each run's record in this folder")
