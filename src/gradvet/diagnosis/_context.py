@@ -96,3 +96,13 @@ def adaptive(run: Run, layers: Optional[Sequence[str]] = None) -> bool:
         return any(k in name for k in ("adam", "rmsprop", "adagrad", "adadelta"))
     idx = [i for x in run.layers if layers is None or x["name"] in layers for i in x.get("params") or []]
     return bool(idx) and all((run.params[i].get("optimizer") or {}).get("eps") for i in idx)
+
+
+#: std * sqrt(fan_in) of a layer's weights above which they, not its inputs, make its pre-activations large
+LARGE_GAIN = 1.5
+
+
+def first_trainable(run: Run) -> Optional[dict[str, Any]]:
+    """The first layer (input side) that owns trainable parameters: the one that reads the data, unless an
+    embedding or a parameter-free front comes first; None if no layer has parameters."""
+    return next((x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")), None)

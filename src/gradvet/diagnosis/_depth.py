@@ -45,7 +45,7 @@ from gradvet.diagnosis._context import (
     norm_layers,
 )
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor
+from gradvet.diagnosis._measures import Depth, depth_profile, per_layer_factor, per_row
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._spike import after_spike, drop_present, spike_cause
 from gradvet.diagnosis._trunk import branched, normalised, small_norm_gains, trunk_rule
@@ -189,7 +189,7 @@ def _vanishing(run: Run, d: Depth, rel: np.ndarray, lo: float, steady: bool = Fa
     data["per_layer_factor"] = factor
     causes, rems = _vanishing_causes(run, d, factor), _vanishing_remedies(run, len(d.names))
     rems = drop_present(run, rems, normalised=normalised(run), residual=False)  # a chain: no skips to have
-    spike = spike_cause(run, d.steps, _lowest(d), cut)
+    spike = spike_cause(run, d.steps, per_row(d.rel[:, :-1]), cut)  # each step's lowest layer but the output's
     if spike is not None:  # the net trained until a step too large (gradvet.diagnosis._spike)
         causes.append(spike.cause)
         rems = after_spike(rems, spike.remedies)
@@ -197,15 +197,6 @@ def _vanishing(run: Run, d: Depth, rel: np.ndarray, lo: float, steady: bool = Fa
         data["loss_spike"] = spike.data()
     return Finding("vanishing_gradients", "error" if lo <= VANISH_ERROR else "warning", starved, evidence, causes,
                    rems, data)
-
-
-def _lowest(d: Depth) -> np.ndarray:
-    """Per layer step, the lowest reading of the layers but the output-side one (NaN where none was read)."""
-    inner = d.rel[:, :-1]
-    out = np.full(len(inner), np.nan)
-    read = np.isfinite(inner).any(axis=1)
-    out[read] = np.nanmin(inner[read], axis=1)
-    return out
 
 
 def _exploding(run: Run, d: Depth, rel: np.ndarray, hi: float, big: float) -> Finding:

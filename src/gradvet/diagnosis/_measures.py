@@ -40,6 +40,20 @@ def nanmedian(x: np.ndarray, axis: Any = None) -> Any:
         return np.nanmedian(x, axis=axis)
 
 
+def per_row(values: np.ndarray, reduce: Any = np.nanmin) -> np.ndarray:
+    """``reduce`` (``np.nanmin``, ``np.nanmax``) of each row of ``values``; NaN for a row with no finite entry
+    (a step on which nothing was read), without the all-NaN warning.
+
+    Example:
+        >>> per_row(np.array([[3.0, 1.0], [np.nan, np.nan], [np.nan, 2.0]])).tolist()
+        [1.0, nan, 2.0]
+    """
+    out = np.full(len(values), np.nan)
+    read = np.isfinite(values).any(axis=1)
+    out[read] = reduce(values[read], axis=1)
+    return out
+
+
 def _log10(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.log10(np.maximum(x, 0.0))

@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from gradvet.diagnosis._context import LARGE_GAIN, first_trainable
 from gradvet.diagnosis._engine import register_rule
 from gradvet.diagnosis._measures import TimeProfile, recent_median, time_profiles
 from gradvet.diagnosis._prescribe import remedy
@@ -39,8 +40,6 @@ VANISH_WARN, VANISH_ERROR = -2.0, -4.0
 EXPLODE_WARN, EXPLODE_ERROR = 1.0, 3.0
 #: fraction of a recurrent layer's outputs saturated from which it is blamed (the saturated-units rule's warning)
 SATURATED = 0.5
-#: std * sqrt(fan_in) of the input weights above which they, not the inputs, are large (the saturated-units rule's)
-LARGE_GAIN = 1.5
 
 
 def saturation(run: Run, layer: dict) -> Optional[float]:
@@ -63,8 +62,8 @@ def unnormalised_inputs(run: Run, layer: dict) -> Optional[str]:
     """
     f = layer.get("facts") or {}
     gain, radius = f.get("init_gain"), f.get("spectral_radius")
-    trainable = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
-    if not trainable or trainable[0]["name"] != layer["name"] or gain is None or gain >= LARGE_GAIN:
+    first = first_trainable(run)
+    if first is None or first["name"] != layer["name"] or gain is None or gain >= LARGE_GAIN:
         return None
     if radius is not None and radius >= 1.0:
         return None

@@ -85,11 +85,12 @@ from gradvet.diagnosis._context import (
     RELU_FAMILY,
     SATURATING,
     activations,
+    first_trainable,
     has_attention,
     is_norm,
     median_fact,
 )
-from gradvet.diagnosis._measures import _FLOOR, _log10, before_fit, nanmedian, zero_layers
+from gradvet.diagnosis._measures import _FLOOR, _log10, before_fit, nanmedian, per_row, zero_layers
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._spike import after_spike, drop_present, spike_cause
 from gradvet.findings import Cause, Finding, Remedy
@@ -183,8 +184,7 @@ def trunk_profile(run: Run) -> Optional[Trunk]:
     rel[zero] = np.fmin(rel[zero], _FLOOR)
     if not np.isfinite(rel).any():
         return None
-    weights = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
-    first = weights[0]["name"] if weights else names[0]
+    first = (first_trainable(run) or {}).get("name", names[0])
     return Trunk(names, first, stream, rel, raw if np.isfinite(raw).any() else None, [names[j] for j in ref],
                  grads, [bool(z) for z in zero], s.steps[rows], _lowest(np.asarray(per_step).T, stream))
 
@@ -203,10 +203,7 @@ def _lowest(vals: np.ndarray, stream: list[int]) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = _log10(vals[:, idx]) - np.log10(end)[:, None]
         rel[:, idx] = np.where((end > 0)[:, None], r, np.nan)
-    out = np.full(len(vals), np.nan)
-    read = np.isfinite(rel).any(axis=1)
-    out[read] = np.nanmin(rel[read], axis=1)
-    return out
+    return per_row(rel)
 
 
 def _no_gradient(run: Run, grads: np.ndarray, ref: list[int], pos: list[int]) -> np.ndarray:

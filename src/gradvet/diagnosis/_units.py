@@ -43,9 +43,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gradvet.diagnosis._context import DYING, SATURATING, producer, unit_layers
+from gradvet.diagnosis._context import (
+    DYING,
+    LARGE_GAIN,
+    SATURATING,
+    first_trainable,
+    producer,
+    unit_layers,
+)
 from gradvet.diagnosis._engine import register_rule
-from gradvet.diagnosis._measures import before_fit, has_fit, recent_median
+from gradvet.diagnosis._measures import before_fit, has_fit, per_row, recent_median
 from gradvet.diagnosis._prescribe import remedy
 from gradvet.diagnosis._spike import SpikeCause, after_spike, spike_cause
 from gradvet.diagnosis._time import unnormalised_inputs
@@ -176,10 +183,7 @@ def _spike(run: Run, flagged: list[tuple[dict, float]]) -> Optional[SpikeCause]:
         return None
     cols = s.values[1:, [layer["index"] for layer, _ in flagged]].astype(np.float64)
     cols = np.where(np.isfinite(cols), cols, np.nan)
-    worst = np.full(len(cols), np.nan)
-    read = np.isfinite(cols).any(axis=1)
-    worst[read] = np.nanmax(cols[read], axis=1)
-    return spike_cause(run, s.steps[1:], worst, WARN, rising=True, what="the units died")
+    return spike_cause(run, s.steps[1:], per_row(cols, np.nanmax), WARN, rising=True, what="the units died")
 
 
 def _on_branch(run: Run, layer: dict) -> bool:
@@ -289,9 +293,8 @@ def saturated_rule(run: Run) -> list[Finding]:
         pre_std = stds.get(prod["name"])
         f = prod.get("facts") or {}
         gain = f.get("init_gain")
-        trainable = [x for x in run.ordered_layers() if x["role"] in ("param", "recurrent") and x.get("params")]
-        is_first = bool(trainable) and trainable[0]["name"] == prod["name"]
-        if pre_std is not None and pre_std > 2.0 and is_first and (gain is None or gain < 1.5):
+        reads_data = (first_trainable(run) or {}).get("name") == prod["name"]
+        if pre_std is not None and pre_std > 2.0 and reads_data and (gain is None or gain < LARGE_GAIN):
             causes.append(Cause(
                 "unnormalised_inputs",
                 f"the pre-activations of {prod['name']!r} have std {pre_std:.3g} with weights of ordinary "
@@ -299,7 +302,7 @@ def saturated_rule(run: Run) -> list[Finding]:
                 f"the pre-activations of {prod['name']!r} have std {pre_std:.3g}: the inputs are not standardised",
                 0.9,
             ))
-        if gain is not None and gain > 1.5:
+        if gain is not None and gain > LARGE_GAIN:
             causes.append(Cause(
                 "large_weights",
                 f"{prod['name']!r} has weights of std {gain:.2g}/sqrt(fan_in): large pre-activations push units "
